@@ -1,0 +1,28 @@
+# The two commands a new user needs: `make demo` and `make test`. Both create .venv and
+# install the pinned dependencies (requirements.lock) on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fitfed-installed
+
+.PHONY: demo test lint jobs clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/fitfed demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check custom jobs tests databricks_bridge benchmarks
+
+jobs: $(STAMP)
+	$(VENV)/bin/fitfed jobs export
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

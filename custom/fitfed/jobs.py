@@ -1,0 +1,157 @@
+"""Turning a job's typed settings into an NVFlare recipe with fitfed's parts attached.
+
+Each file in ``jobs/`` picks an NVFlare recipe (FedAvg, FedProx, SCAFFOLD, FedOpt) and passes
+it :func:`recipe_args`; :func:`add_fitfed_parts` then ships the training config to every
+site, records the run on the server, and evaluates the final global model at every site.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from nvflare.apis.job_def import SERVER_SITE_NAME
+from nvflare.app_common.workflows.base_model_controller import BaseModelController
+from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
+from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
+from nvflare.recipe import SimEnv
+from nvflare.recipe.spec import Recipe
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fitfed import client as client_module
+from fitfed.config import DATA_ENV_VAR, TRAIN_CONFIG_FILE, TrainConfig
+from fitfed.server.run_record import RunRecorder
+from fitfed.task import make_model
+
+# The client script is named relative to the folder holding the fitfed package, so the exported
+# job says "fitfed/client.py" (found in the app's custom/ folder at any site), never a path on this machine.
+_PACKAGE_PARENT = Path(client_module.__file__).resolve().parent.parent
+_CLIENT_SCRIPT = "fitfed/client.py"
+class JobSettings(BaseModel):
+    """One fitfed job: its name, its federation shape and how every site trains.
+
+    Args:
+        name: the job's name, also its folder under ``jobs/``.
+        num_rounds: federated rounds.
+        min_clients: sites sampled for every round (FLARE's min_clients).
+        min_updates: fewest usable site updates a round may aggregate; below ``min_clients``, a site
+            whose task fails (bad data, crash) is left out of that round instead of stopping the job.
+        train: how each site trains (task spec, model, algorithm, optimizer).
+        fedprox_mu: FedProx's proximal weight (algorithm "fedprox" only).
+        server_lr: FedOpt's server learning rate (algorithm "fedopt" only).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    num_rounds: int = Field(ge=1)
+    min_clients: int = Field(ge=1)
+    min_updates: int | None = Field(default=None, ge=1)
+    train: TrainConfig
+    fedprox_mu: float | None = Field(default=None, gt=0)
+    server_lr: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _algorithm_options(self) -> JobSettings:
+        algorithm = self.train.algorithm
+        if self.min_updates is not None and self.min_updates > self.min_clients:
+            raise ValueError(f"min_updates={self.min_updates!r} cannot exceed min_clients={self.min_clients!r}")
+        if (self.fedprox_mu is not None) != (algorithm == "fedprox"):
+            raise ValueError(f"fedprox_mu={self.fedprox_mu!r} must be set exactly when train.algorithm='fedprox'")
+        if self.server_lr is not None and algorithm != "fedopt":
+            raise ValueError(f"server_lr={self.server_lr!r} applies only to train.algorithm='fedopt', not {algorithm!r}")
+        return self
+
+
+def recipe_args(settings: JobSettings) -> dict[str, Any]:
+    """The arguments every fitfed recipe shares: model, rounds, and fitfed's client script."""
+    spec = settings.train.task
+    return {
+        "name": settings.name,
+        "model": make_model(settings.train.model, len(spec.encoded_feature_names()), seed=settings.train.seed),
+        "min_clients": settings.min_clients,
+        "num_rounds": settings.num_rounds,
+        "train_script": _CLIENT_SCRIPT,
+        "train_args": f"--config {TRAIN_CONFIG_FILE}",
+    }
+
+
+def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
+    """Ship the training config, record the run, and evaluate the final global model at every site."""
+    config_file = Path(tempfile.mkdtemp(prefix="fitfed-job-")) / TRAIN_CONFIG_FILE
+    config_file.write_text(settings.train.model_dump_json(indent=2) + "\n")
+    job = _fed_job(recipe)
+    job.add_file_to_clients(str(config_file), app_folder_type="config")
+    job.add_file_to_server(str(config_file), app_folder_type="config")
+    min_updates = settings.min_updates or settings.min_clients
+    if min_updates < settings.min_clients:
+        _tolerate_failed_sites(job)
+    job.to_server(RunRecorder(min_updates=min_updates), id="fitfed_recorder")
+    locator_id = job.comp_ids.get("locator_id") or job.to_server(
+        PTFileModelLocator(pt_persistor_id="persistor"), id="locator"
+    )
+    job.to_server(GlobalModelEval(model_locator_id=locator_id))
+    return recipe
+
+
+def export_job(recipe: Recipe, job_dir: Path) -> Path:
+    """Write the job folder that ``nvflare job submit -j`` takes; returns it."""
+    job_dir = job_dir.resolve()
+    with _scripts_resolvable():
+        recipe.export(str(job_dir))
+    return job_dir / recipe.name
+
+
+def simulate(recipe: Recipe, *, data_dir: Path, sites: list[str], workspace: Path) -> Path:
+    """Run the job in NVFlare's simulator, one site per CSV in ``data_dir``; returns the job's workspace."""
+    os.environ[DATA_ENV_VAR] = str(data_dir.resolve())  # simulated sites share this process's environment
+    env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace.resolve()))
+    with _scripts_resolvable():
+        run = recipe.run(env)
+    return Path(str(run.get_result()))
+
+
+@contextmanager
+def _scripts_resolvable() -> Iterator[None]:
+    """FLARE resolves a relative train_script against the working directory when it exports or runs."""
+    previous = Path.cwd()
+    os.chdir(_PACKAGE_PARENT)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _tolerate_failed_sites(job: Any) -> None:
+    """Let a round go on without a site whose task failed; RunRecorder still enforces min_updates.
+
+    FLARE's FedAvg-family controllers otherwise abort the whole job as soon as one sampled
+    site fails, because they wait for every site they sampled.
+    """
+    for workflow in job._deploy_map[SERVER_SITE_NAME].app_config.workflows:
+        if isinstance(workflow.controller, BaseModelController):
+            workflow.controller._ignore_result_error = True
+
+
+def _fed_job(recipe: Recipe) -> Any:
+    """The recipe's underlying FedJob: recipes expose no public handle for extra server components."""
+    return recipe._job
+
+
+def load_job_module(path: Path) -> ModuleType:
+    """Import a job definition file (``jobs/<name>.py``), which must define ``SETTINGS`` and ``build()``."""
+    spec = importlib.util.spec_from_file_location(f"fitfed_job_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path}: not a Python job definition")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for attribute in ("SETTINGS", "build"):
+        if not hasattr(module, attribute):
+            raise ImportError(f"{path}: a fitfed job definition must define {attribute}")
+    return module

@@ -1,0 +1,1 @@
+"""Exports finished fitfed jobs to MLflow and Unity Catalog (not yet implemented; see docs/)."""
