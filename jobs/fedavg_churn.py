@@ -24,6 +24,6 @@ SETTINGS = JobSettings(
 )
 
 
-def build() -> FedAvgRecipe:
+def build(settings: JobSettings = SETTINGS) -> FedAvgRecipe:
     """The recipe, ready to export or run."""
-    return add_fitfed_parts(FedAvgRecipe(**recipe_args(SETTINGS)), SETTINGS)
+    return add_fitfed_parts(FedAvgRecipe(**recipe_args(settings)), settings)

@@ -7,8 +7,11 @@ site, records the run on the server, and evaluates the final global model at eve
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +23,7 @@ from nvflare.apis.job_def import SERVER_SITE_NAME
 from nvflare.app_common.workflows.base_model_controller import BaseModelController
 from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
+from nvflare.fuel.utils.log_utils import default_log_dict
 from nvflare.recipe import SimEnv
 from nvflare.recipe.spec import Recipe
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,21 +104,65 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
     return recipe
 
 
-def export_job(recipe: Recipe, job_dir: Path) -> Path:
-    """Write the job folder that ``nvflare job submit -j`` takes; returns it."""
-    job_dir = job_dir.resolve()
+def export_into(recipe: Recipe, jobs_dir: Path) -> Path:
+    """Replace ``jobs_dir/<name>/`` with a fresh export, the folder ``nvflare job submit -j`` takes."""
+    target = jobs_dir.resolve() / recipe.name
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = _export(recipe, Path(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(fresh, target)
+    return target
+
+
+def compare_export(recipe: Recipe, jobs_dir: Path) -> list[str]:
+    """How the committed ``jobs_dir/<name>/`` differs from a fresh export of its definition (empty: no drift)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = _tree(_export(recipe, Path(tmp)))
+    committed = _tree(jobs_dir / recipe.name)
+    differences = [f"{name} missing" for name in sorted(fresh.keys() - committed.keys())]
+    differences += [f"{name} not in the definition" for name in sorted(committed.keys() - fresh.keys())]
+    differences += [f"{name} differs" for name in sorted(fresh.keys() & committed.keys()) if fresh[name] != committed[name]]
+    return differences
+
+
+def _export(recipe: Recipe, root: Path) -> Path:
     with _scripts_resolvable():
-        recipe.export(str(job_dir))
-    return job_dir / recipe.name
+        recipe.export(str(root))
+    return root / recipe.name
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    if not folder.is_dir():
+        return {}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def simulate(recipe: Recipe, *, data_dir: Path, sites: list[str], workspace: Path) -> Path:
     """Run the job in NVFlare's simulator, one site per CSV in ``data_dir``; returns the job's workspace."""
     os.environ[DATA_ENV_VAR] = str(data_dir.resolve())  # simulated sites share this process's environment
-    env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace.resolve()))
+    workspace.mkdir(parents=True, exist_ok=True)
+    env = SimEnv(
+        clients=sites,
+        num_threads=len(sites),
+        workspace_root=str(workspace.resolve()),
+        log_config=str(_errors_only_on_console(workspace)),
+    )
     with _scripts_resolvable():
-        run = recipe.run(env)
-    return Path(str(run.get_result()))
+        recipe.run(env)
+    return workspace.resolve() / recipe.name  # SimEnv names the job's workspace after the job
+
+
+def _errors_only_on_console(workspace: Path) -> Path:
+    """FLARE's default logging, with the console cut to errors: full logs stay in each site's log.txt."""
+    config = copy.deepcopy(default_log_dict)
+    config["handlers"]["consoleHandler"]["level"] = "ERROR"
+    path = workspace.resolve() / "fitfed_log_config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
 
 
 @contextmanager

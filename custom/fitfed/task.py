@@ -45,9 +45,7 @@ def load_site_data(csv_path: str | Path, spec: TaskSpec) -> SiteSplit:
 
 def make_model(config: ModelConfig, num_features: int, seed: int = 0) -> nn.Module:
     """Build the model with seeded initial weights, identical at every site and on the server."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build_model(config, num_features)
+    return build_model(config, num_features, seed=seed)
 
 
 def train(

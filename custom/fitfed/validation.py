@@ -7,6 +7,7 @@ health data, and error text ends up in logs that leave the site.
 
 from __future__ import annotations
 
+import codecs
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,22 +85,30 @@ def _read_raw(path: Path, spec: TaskSpec) -> pd.DataFrame:
     if not head.strip():
         raise SiteDataError(path, ["is empty. Export the member table with a header row and at least one data row."])
     try:
-        first_line = head.decode("utf-8-sig").splitlines()[0]
+        # Incremental decoding: a multi-byte character cut at the 64 KiB boundary is not an error.
+        first_line = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False).splitlines()[0]
     except UnicodeDecodeError:
         raise SiteDataError(
             path, ["is not UTF-8 text. Re-save it as 'CSV UTF-8' (in Excel) or convert it with iconv."]
         ) from None
     _check_delimiter(path, first_line, spec)
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+        # header=None: pandas would otherwise rename a repeated header name ('a' -> 'a.1') and, when the first
+        # data row has an extra field, silently turn the first column into the index and shift every value.
+        raw = pd.read_csv(
+            path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True
+        )
     except UnicodeDecodeError:
         raise SiteDataError(path, ["is not UTF-8 text throughout. Re-save it as 'CSV UTF-8'."]) from None
     except (pd.errors.ParserError, csv.Error) as e:
         raise SiteDataError(path, [f"is not a well-formed CSV ({_parser_detail(e)}). Re-export it."]) from None
+    header = [str(c).strip() for c in raw.iloc[0]]
+    raw = raw.iloc[1:].reset_index(drop=True)
     if raw.empty:
         raise SiteDataError(path, ["has a header but no data rows. Export the member rows too."])
-    raw.columns = [str(c).strip() for c in raw.columns]
-    return raw.apply(lambda col: col.str.strip())
+    raw = raw.apply(lambda col: col.str.strip())
+    raw.columns = header
+    return raw
 
 
 def _check_delimiter(path: Path, header: str, spec: TaskSpec) -> None:
@@ -172,7 +181,7 @@ def _convert(
     name = feature.name
     if isinstance(feature, NumericFeature):
         values = pd.to_numeric(column.where(present), errors="coerce")
-        not_number = int((present & values.isna()).sum())
+        not_number = int((present & ~np.isfinite(values)).sum())  # 'inf' and '1e999' parse, but are unusable
         if not_number:
             return values, f"column '{name}': {not_number} row(s) are not numbers. Fix them or mark them missing."
         if feature.integer:

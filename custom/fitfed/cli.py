@@ -1,0 +1,290 @@
+"""The ``fitfed`` command: prepare and check site data, export and run jobs, show results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fitfed import __version__
+from fitfed.spec import SpecError, load_spec
+from fitfed.validation import SiteDataError
+
+EXAMPLES = """\
+examples:
+  fitfed demo                                   synthesise 3 clubs and run the FedAvg churn job
+  fitfed data synth --clubs 3 --out data/clubs  write SYNTHETIC club CSVs for the churn task
+  fitfed data heart --out data/heart            write the real UCI four-hospital CSVs
+  fitfed data check --spec churn data/clubs/club_01.csv
+  fitfed jobs export                            regenerate the job folders in jobs/
+  fitfed run fedavg_churn --data data/clubs     run a job in NVFlare's simulator, one site per CSV
+  fitfed report workspace/fedavg_churn          show a finished run's per-round table
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, without a traceback."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fitfed`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except (UserError, SpecError, SiteDataError, FileNotFoundError, FileExistsError) as e:
+        print(f"fitfed: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfitfed: interrupted; partial results, if any, are left where they were being written.", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitfed",
+        description="Federated learning for health organisations on NVIDIA FLARE: each site keeps its data, "
+        "only model updates move.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fitfed {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_data_commands(commands)
+    _add_job_commands(commands)
+    return parser
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="prepare and check site data").add_subparsers(metavar="ACTION")
+    synth = data.add_parser("synth", help="write SYNTHETIC club CSVs for the churn task (seeded, non-IID clubs)")
+    synth.add_argument("--clubs", type=int, default=3, help="number of clubs (default 3)")
+    synth.add_argument("--out", type=Path, required=True, help="folder for <club>.csv files and a README")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    synth.add_argument("--overwrite", action="store_true", help="replace existing club files")
+    synth.set_defaults(handler=_data_synth)
+    heart = data.add_parser("heart", help="write the real UCI Heart Disease data as one CSV per hospital")
+    heart.add_argument("--out", type=Path, required=True, help="folder for <hospital>.csv files")
+    heart.set_defaults(handler=_data_heart)
+    check = data.add_parser(
+        "check",
+        help="validate site CSVs against a task spec before joining",
+        description="Checks each file the way the training script will: columns, types, ranges, missing values, "
+        "labels, ids and row counts. Prints counts only, never member values. Exit status 1 if any file fails.",
+    )
+    check.add_argument("--spec", required=True, help="built-in task (churn, heart_disease) or a spec YAML file")
+    check.add_argument("csv", type=Path, nargs="+", help="site CSV file(s)")
+    check.set_defaults(handler=_data_check)
+
+
+def _add_job_commands(commands: argparse._SubParsersAction) -> None:
+    jobs = commands.add_parser("jobs", help="list and export the job definitions in jobs/").add_subparsers(
+        metavar="ACTION"
+    )
+    listing = jobs.add_parser("list", help="list job definitions")
+    listing.add_argument("--jobs-dir", type=Path, default=Path("jobs"))
+    listing.set_defaults(handler=_jobs_list)
+    export = jobs.add_parser("export", help="regenerate jobs/<name>/ folders for `nvflare job submit -j`")
+    export.add_argument("--jobs-dir", type=Path, default=Path("jobs"))
+    export.add_argument("--check", action="store_true", help="only report folders that differ; exit 1 if any")
+    export.set_defaults(handler=_jobs_export)
+    run = commands.add_parser(
+        "run",
+        help="run a job in NVFlare's simulator, one site per CSV",
+        description="Runs JOB (a name in jobs/ or a job .py file) in NVFlare's simulator. Each CSV in --data is one "
+        "site, named after the file. With --spec, the job trains on that task instead of its own.",
+    )
+    run.add_argument("job", help="job name (see `fitfed jobs list`) or path to a job definition .py")
+    run.add_argument("--data", type=Path, required=True, help="folder of <site>.csv files")
+    run.add_argument("--spec", help="task spec YAML (or built-in name) to use instead of the job's own")
+    run.add_argument("--rounds", type=int, help="override the job's number of rounds")
+    run.add_argument("--workspace", type=Path, default=Path("workspace"), help="simulator workspace root")
+    run.add_argument("--jobs-dir", type=Path, default=Path("jobs"))
+    run.set_defaults(handler=_run)
+    report = commands.add_parser("report", help="show a run's per-round metrics table")
+    report.add_argument("path", type=Path, help="a simulator workspace, a downloaded job, or its fitfed/ folder")
+    report.set_defaults(handler=_report)
+    demo = commands.add_parser("demo", help="synthesise 3 clubs and run the FedAvg churn job (5 rounds)")
+    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="folder for data and workspace")
+    demo.add_argument("--jobs-dir", type=Path, default=Path("jobs"))
+    demo.set_defaults(handler=_demo)
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from fitfed.datasets.churn import write_clubs
+
+    try:
+        paths = write_clubs(args.out, args.clubs, args.seed, overwrite=args.overwrite)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {len(paths)} SYNTHETIC club file(s) to {args.out}/ (seed {args.seed}); see {args.out}/README.md")
+    return 0
+
+
+def _data_heart(args: argparse.Namespace) -> int:
+    from fitfed.datasets.heart_disease import write_sites
+
+    paths = write_sites(args.out)
+    print(f"wrote {len(paths)} hospital file(s) to {args.out}/ (UCI Heart Disease, CC BY 4.0; see README.md there)")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from fitfed.preprocessing import split_rows
+    from fitfed.validation import read_site_csv
+
+    spec = load_spec(args.spec)
+    failed = 0
+    for path in args.csv:
+        try:
+            table = read_site_csv(path, spec)
+        except SiteDataError as e:
+            failed += 1
+            print(f"FAIL {e}")
+            continue
+        train, test = split_rows(table.frame, spec)
+        dropped = f", {table.rows_dropped} dropped for missing values" if table.rows_dropped else ""
+        print(f"OK   {path}: {len(table.frame)} usable row(s){dropped}; {len(train)} train / {len(test)} test")
+    if failed:
+        print(f"{failed} of {len(args.csv)} file(s) failed the '{spec.name}' spec; fix them before joining.")
+    return 1 if failed else 0
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    for path in _job_files(args.jobs_dir):
+        module = _load_job(path)
+        settings = module.SETTINGS
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+        print(f"{settings.name:24} {settings.train.algorithm:9} {settings.train.task.name:14} {summary}")
+    return 0
+
+
+def _jobs_export(args: argparse.Namespace) -> int:
+    from fitfed.jobs import compare_export, export_into
+
+    drifted = []
+    for path in _job_files(args.jobs_dir):
+        module = _load_job(path)
+        if args.check:
+            differences = compare_export(module.build(), args.jobs_dir)
+            if differences:
+                drifted.append(module.SETTINGS.name)
+                print(f"DRIFT {module.SETTINGS.name}: " + "; ".join(differences))
+            else:
+                print(f"ok    {module.SETTINGS.name}")
+        else:
+            print(f"exported {export_into(module.build(), args.jobs_dir)}")
+    if drifted:
+        print(f"{len(drifted)} job folder(s) differ from their definitions: run `fitfed jobs export`.")
+    return 1 if drifted else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fitfed.jobs import simulate
+
+    job_path = Path(args.job) if args.job.endswith(".py") else args.jobs_dir / f"{args.job}.py"
+    module = _load_job(job_path)
+    settings = module.SETTINGS
+    train_updates = {"task": load_spec(args.spec)} if args.spec else {}
+    updates: dict[str, object] = {"train": settings.train.model_copy(update=train_updates)}
+    if args.rounds:
+        updates["num_rounds"] = args.rounds
+    settings = settings.model_validate({**settings.model_dump(), **updates})
+    sites = _sites_in(args.data)
+    if len(sites) < settings.min_clients:
+        raise UserError(
+            f"{args.data} has {len(sites)} site CSV(s) but job {settings.name!r} needs min_clients="
+            f"{settings.min_clients}; add sites or lower min_clients in {job_path}"
+        )
+    print(f"running {settings.name} ({settings.train.algorithm}, {settings.num_rounds} rounds) on {len(sites)} "
+          f"site(s): {', '.join(sites)}")  # fmt: skip
+    workspace = args.workspace / settings.name
+    with _progress(workspace, settings.num_rounds):
+        result = simulate(module.build(settings), data_dir=args.data, sites=sites, workspace=args.workspace)
+    return _report(argparse.Namespace(path=result))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fitfed.report import format_table, load_report
+
+    report = load_report(args.path)
+    print("\nGlobal model on each site's held-out split (round r = after r rounds; AUC = ROC AUC)")
+    print(format_table(report))
+    for round_number, sites in sorted(report.failures.items()):
+        print(f"round {round_number}: no result from {', '.join(sites)} (see that site's log for the reason)")
+    if report.aborted:
+        print(f"stopped: {report.aborted}")
+    if report.final_model.is_file():
+        print(f"\nglobal model: {report.final_model}\nsidecar:      {report.final_model.with_suffix('.json')}")
+    elif report.finished:
+        print("\nno global model was written; see the server log")
+    return 0 if report.final_model.is_file() else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fitfed.datasets.churn import write_clubs
+
+    data = args.out / "data"
+    write_clubs(data, 3, 0, overwrite=True)
+    print(f"synthesised 3 clubs (SYNTHETIC members, seed 0) in {data}/")
+    return _run(argparse.Namespace(job="fedavg_churn", data=data, spec=None, rounds=None,
+                                   workspace=args.out / "workspace", jobs_dir=args.jobs_dir))  # fmt: skip
+
+
+def _job_files(jobs_dir: Path) -> list[Path]:
+    files = sorted(p for p in jobs_dir.glob("*.py") if not p.name.startswith("_"))
+    if not files:
+        raise UserError(f"no job definitions (*.py) in {jobs_dir}/: run fitfed from the fitfed repository root")
+    return files
+
+
+def _load_job(path: Path):  # noqa: ANN202 - a job module
+    from fitfed.jobs import load_job_module
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such job definition; `fitfed jobs list` shows the jobs")
+    return load_job_module(path)
+
+
+def _sites_in(data_dir: Path) -> list[str]:
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: not a folder; --data takes a folder of <site>.csv files")
+    sites = sorted(p.stem for p in data_dir.glob("*.csv"))
+    if not sites:
+        raise UserError(f"{data_dir}: no .csv files; each site's data is <site>.csv in this folder")
+    return sites
+
+
+class _progress:
+    """Print one line per completed round while the simulator runs (its own logs go to the workspace)."""
+
+    def __init__(self, workspace: Path, num_rounds: int):
+        self.workspace, self.num_rounds = workspace, num_rounds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _watch(self) -> None:
+        from fitfed.report import load_report
+
+        shown = 0
+        while not self._stop.wait(1.0):
+            try:
+                report = load_report(self.workspace)
+            except (FileNotFoundError, ValueError):
+                continue
+            for r in range(shown, report.completed_rounds):
+                contributed = len(report.rounds.get(r, {}))
+                print(f"  round {r + 1}/{self.num_rounds} done ({contributed} of {len(report.sites)} sites)", flush=True)
+            shown = max(shown, report.completed_rounds)
