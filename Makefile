@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/fitfed demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check custom jobs tests databricks_bridge benchmarks
+	$(VENV)/bin/ruff check custom jobs tests databricks_bridge
+	$(VENV)/bin/ruff format --check --quiet custom jobs tests databricks_bridge
 
 jobs: $(STAMP)
 	$(VENV)/bin/fitfed jobs export

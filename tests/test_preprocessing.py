@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from fitfed.datasets.heart_disease import write_sites
 from fitfed.preprocessing import encode, split_rows, to_site_split
 from fitfed.spec import TaskSpec, load_spec, spec_from_dict
@@ -13,7 +14,9 @@ from fitfed.validation import ValidatedTable, read_site_csv
 HEART = load_spec("heart_disease")
 
 
-def _spec(*, drop_first: bool = False, standardize: bool = True, test_fraction: float = 0.25, seed: int = 0) -> TaskSpec:
+def _spec(
+    *, drop_first: bool = False, standardize: bool = True, test_fraction: float = 0.25, seed: int = 0
+) -> TaskSpec:
     return spec_from_dict(
         {
             "name": "toy",

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fitfed.spec import BooleanFeature, CategoricalFeature, NumericFeature, SpecError, load_spec, spec_from_dict
 
 

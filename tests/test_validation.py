@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from fitfed.datasets.churn import write_clubs
 from fitfed.datasets.heart_disease import SITES, write_sites
 from fitfed.spec import TaskSpec, load_spec, spec_from_dict
@@ -445,7 +446,8 @@ def test_valid_file_becomes_typed_frame(tmp_path):
 def test_numeric_labels_map_to_0_and_1(tmp_path):
     # Prepare
     spec = _spec(label={"column": "outcome", "positive": [2, 3], "values": [0, 1, 2, 3]})
-    rows = [r.replace(",left,", f",{y},").replace(",stayed,", f",{y},") for r, y in zip(GOOD_ROWS, ["3.0", 0, 2, 1])]
+    labels = ["3.0", "0", "2", "1"]
+    rows = [r.replace(",left,", f",{y},").replace(",stayed,", f",{y},") for r, y in zip(GOOD_ROWS, labels, strict=True)]
     path = _csv(tmp_path, rows)
 
     # Execute

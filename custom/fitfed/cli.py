@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
 from pathlib import Path
 
 from fitfed import __version__
@@ -40,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, SpecError, SiteDataError, FileNotFoundError, FileExistsError) as e:
         print(f"fitfed: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
-        print("\nfitfed: interrupted; partial results, if any, are left where they were being written.", file=sys.stderr)
+        print(
+            "\nfitfed: interrupted; partial results, if any, are left where they were being written.", file=sys.stderr
+        )
         return 130
 
 
@@ -165,27 +169,27 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 
 def _jobs_export(args: argparse.Namespace) -> int:
-    from fitfed.jobs import compare_export, export_into
+    from fitfed.jobs import build_recipe, compare_export, export_into
 
     drifted = []
     for path in _job_files(args.jobs_dir):
         module = _load_job(path)
         if args.check:
-            differences = compare_export(module.build(), args.jobs_dir)
+            differences = compare_export(build_recipe(module), args.jobs_dir)
             if differences:
                 drifted.append(module.SETTINGS.name)
                 print(f"DRIFT {module.SETTINGS.name}: " + "; ".join(differences))
             else:
                 print(f"ok    {module.SETTINGS.name}")
         else:
-            print(f"exported {export_into(module.build(), args.jobs_dir)}")
+            print(f"exported {export_into(build_recipe(module), args.jobs_dir)}")
     if drifted:
         print(f"{len(drifted)} job folder(s) differ from their definitions: run `fitfed jobs export`.")
     return 1 if drifted else 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fitfed.jobs import simulate
+    from fitfed.jobs import build_recipe, simulate
 
     job_path = Path(args.job) if args.job.endswith(".py") else args.jobs_dir / f"{args.job}.py"
     module = _load_job(job_path)
@@ -205,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
           f"site(s): {', '.join(sites)}")  # fmt: skip
     workspace = args.workspace / settings.name
     with _progress(workspace, settings.num_rounds):
-        result = simulate(module.build(settings), data_dir=args.data, sites=sites, workspace=args.workspace)
+        result = simulate(build_recipe(module, settings), data_dir=args.data, sites=sites, workspace=args.workspace)
     return _report(argparse.Namespace(path=result))
 
 
@@ -286,5 +290,7 @@ class _progress:
                 continue
             for r in range(shown, report.completed_rounds):
                 contributed = len(report.rounds.get(r, {}))
-                print(f"  round {r + 1}/{self.num_rounds} done ({contributed} of {len(report.sites)} sites)", flush=True)
+                print(
+                    f"  round {r + 1}/{self.num_rounds} done ({contributed} of {len(report.sites)} sites)", flush=True
+                )
             shown = max(shown, report.completed_rounds)

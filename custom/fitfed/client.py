@@ -32,7 +32,9 @@ def find_train_config(name: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"training config {name!r} not found beside {Path(__file__).parent} or in any config/ above")
+    raise FileNotFoundError(
+        f"training config {name!r} not found beside {Path(__file__).parent} or in any config/ above"
+    )
 
 
 def state_dict_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -58,7 +60,11 @@ def train_round(model: nn.Module, data: SiteSplit, config: TrainConfig, received
     result = train(model, data, config, round_seed=round_seed, fedprox_mu=fedprox_mu, scaffold=scaffold)
     meta: dict[str, object] = {"NUM_STEPS_CURRENT_ROUND": result.steps, "train_loss": result.loss}
     if scaffold is not None:
-        meta[AlgorithmConstants.SCAFFOLD_CTRL_DIFF] = scaffold.get_delta_controls()
+        # As tensors: the helper returns numpy arrays, which end up in the server's checkpoint meta
+        # and make it unloadable with torch.load(weights_only=True).
+        meta[AlgorithmConstants.SCAFFOLD_CTRL_DIFF] = {
+            k: torch.as_tensor(v) for k, v in scaffold.get_delta_controls().items()
+        }
     return FLModel(params=state_dict_of(model), params_type=ParamsType.FULL, meta=meta)
 
 

@@ -60,7 +60,9 @@ class TrainConfig(BaseModel):
                 f"set exactly one of local_epochs={self.local_epochs!r} and local_steps={self.local_steps!r}"
             )
         if self.algorithm == "scaffold" and self.optimizer != "sgd":
-            raise ValueError(f"algorithm='scaffold' needs optimizer='sgd' (its correction assumes SGD), got {self.optimizer!r}")
+            raise ValueError(
+                f"algorithm='scaffold' needs optimizer='sgd' (its correction assumes SGD), got {self.optimizer!r}"
+            )
         return self
 
 

@@ -22,7 +22,9 @@ from typing import Any
 from nvflare.apis.job_def import SERVER_SITE_NAME
 from nvflare.app_common.workflows.base_model_controller import BaseModelController
 from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
+from nvflare.client.config import ExchangeFormat
 from nvflare.fuel.utils.log_utils import default_log_dict
 from nvflare.recipe import SimEnv
 from nvflare.recipe.spec import Recipe
@@ -37,6 +39,8 @@ from fitfed.task import make_model
 # job says "fitfed/client.py" (found in the app's custom/ folder at any site), never a path on this machine.
 _PACKAGE_PARENT = Path(client_module.__file__).resolve().parent.parent
 _CLIENT_SCRIPT = "fitfed/client.py"
+
+
 class JobSettings(BaseModel):
     """One fitfed job: its name, its federation shape and how every site trains.
 
@@ -69,7 +73,9 @@ class JobSettings(BaseModel):
         if (self.fedprox_mu is not None) != (algorithm == "fedprox"):
             raise ValueError(f"fedprox_mu={self.fedprox_mu!r} must be set exactly when train.algorithm='fedprox'")
         if self.server_lr is not None and algorithm != "fedopt":
-            raise ValueError(f"server_lr={self.server_lr!r} applies only to train.algorithm='fedopt', not {algorithm!r}")
+            raise ValueError(
+                f"server_lr={self.server_lr!r} applies only to train.algorithm='fedopt', not {algorithm!r}"
+            )
         return self
 
 
@@ -83,6 +89,8 @@ def recipe_args(settings: JobSettings) -> dict[str, Any]:
         "num_rounds": settings.num_rounds,
         "train_script": _CLIENT_SCRIPT,
         "train_args": f"--config {TRAIN_CONFIG_FILE}",
+        # Tensors end to end: the server's checkpoints then load with torch.load(weights_only=True).
+        "server_expected_format": ExchangeFormat.PYTORCH,
     }
 
 
@@ -121,7 +129,9 @@ def compare_export(recipe: Recipe, jobs_dir: Path) -> list[str]:
     committed = _tree(jobs_dir / recipe.name)
     differences = [f"{name} missing" for name in sorted(fresh.keys() - committed.keys())]
     differences += [f"{name} not in the definition" for name in sorted(committed.keys() - fresh.keys())]
-    differences += [f"{name} differs" for name in sorted(fresh.keys() & committed.keys()) if fresh[name] != committed[name]]
+    differences += [
+        f"{name} differs" for name in sorted(fresh.keys() & committed.keys()) if fresh[name] != committed[name]
+    ]
     return differences
 
 
@@ -143,7 +153,6 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 def simulate(recipe: Recipe, *, data_dir: Path, sites: list[str], workspace: Path) -> Path:
     """Run the job in NVFlare's simulator, one site per CSV in ``data_dir``; returns the job's workspace."""
-    os.environ[DATA_ENV_VAR] = str(data_dir.resolve())  # simulated sites share this process's environment
     workspace.mkdir(parents=True, exist_ok=True)
     env = SimEnv(
         clients=sites,
@@ -151,8 +160,9 @@ def simulate(recipe: Recipe, *, data_dir: Path, sites: list[str], workspace: Pat
         workspace_root=str(workspace.resolve()),
         log_config=str(_errors_only_on_console(workspace)),
     )
-    with _scripts_resolvable():
-        recipe.run(env)
+    data_dir = data_dir.resolve()  # before the working directory changes
+    with _scripts_resolvable(), _environment(DATA_ENV_VAR, str(data_dir)):
+        recipe.run(env)  # simulated sites share this process's environment, so FITFED_DATA reaches them all
     return workspace.resolve() / recipe.name  # SimEnv names the job's workspace after the job
 
 
@@ -163,6 +173,19 @@ def _errors_only_on_console(workspace: Path) -> Path:
     path = workspace.resolve() / "fitfed_log_config.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 @contextmanager
@@ -183,13 +206,22 @@ def _tolerate_failed_sites(job: Any) -> None:
     site fails, because they wait for every site they sampled.
     """
     for workflow in job._deploy_map[SERVER_SITE_NAME].app_config.workflows:
-        if isinstance(workflow.controller, BaseModelController):
-            workflow.controller._ignore_result_error = True
+        controller = workflow.controller
+        if isinstance(controller, BaseModelController):
+            controller._ignore_result_error = True
+        elif isinstance(controller, ScatterAndGather):  # FedOpt's controller
+            controller.ignore_result_error = True
 
 
 def _fed_job(recipe: Recipe) -> Any:
     """The recipe's underlying FedJob: recipes expose no public handle for extra server components."""
     return recipe._job
+
+
+def build_recipe(module: ModuleType, settings: JobSettings | None = None) -> Recipe:
+    """Build a job definition's recipe (with its own SETTINGS unless others are given)."""
+    with _scripts_resolvable():  # some recipes place the client script as they are constructed
+        return module.build(settings or module.SETTINGS)
 
 
 def load_job_module(path: Path) -> ModuleType:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,7 +77,7 @@ class BooleanFeature(_Strict):
         return [_canonical(v).lower() for v in values]
 
 
-Feature = Annotated[Union[NumericFeature, CategoricalFeature, BooleanFeature], Field(discriminator="kind")]
+Feature = Annotated[NumericFeature | CategoricalFeature | BooleanFeature, Field(discriminator="kind")]
 
 
 class LabelSpec(_Strict):

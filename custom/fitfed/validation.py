@@ -81,7 +81,9 @@ def _read_raw(path: Path, spec: TaskSpec) -> pd.DataFrame:
     try:
         head = path.read_bytes()[:65536]
     except OSError as e:
-        raise SiteDataError(path, [f"cannot be read ({e.strerror}). Give the FLARE client's user read access."]) from None
+        raise SiteDataError(
+            path, [f"cannot be read ({e.strerror}). Give the FLARE client's user read access."]
+        ) from None
     if not head.strip():
         raise SiteDataError(path, ["is empty. Export the member table with a header row and at least one data row."])
     try:

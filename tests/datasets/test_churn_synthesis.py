@@ -3,12 +3,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fitfed.datasets.churn import club_names, synthesize_clubs, write_clubs
-from fitfed.spec import BooleanFeature, CategoricalFeature, NumericFeature, load_spec
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+from fitfed.datasets.churn import club_names, synthesize_clubs, write_clubs
+from fitfed.spec import BooleanFeature, CategoricalFeature, NumericFeature, load_spec
 
 SPEC = load_spec("churn")
 

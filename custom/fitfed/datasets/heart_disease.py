@@ -13,9 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 SITES = ("cleveland", "hungarian", "switzerland", "va")
-COLUMNS = (
-    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca", "thal", "num",
-)  # fmt: skip
+COLUMNS = tuple("age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num".split())
 MD5 = {
     "cleveland": "2d91a8ff69cfd9616aa47b59d6f843db",
     "hungarian": "22e96bee155b5973568101c93b3705f6",

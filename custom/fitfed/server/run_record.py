@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
@@ -23,15 +24,12 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig
+from fitfed.spec import TaskSpec
 
 RECORD_DIR = "fitfed"
 EVENTS_FILE = "events.jsonl"
 FINAL_MODEL = "global_model"
 BEST_MODEL = "best_global_model"
-
-
-class TooFewSitesError(RuntimeError):
-    """Fewer sites returned a usable update than the job's ``min_updates``."""
 
 
 class RunRecorder(FLComponent):
@@ -85,7 +83,14 @@ class RunRecorder(FLComponent):
         self._accepted = []
         self._append({"event": "round_started", "round": self._round})
 
+    def _follow_round(self, fl_ctx: FLContext) -> None:
+        """Notice a new round from the context: not every controller (SCAFFOLD's) fires ROUND_STARTED."""
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if current is not None and current != self._round:
+            self._round_started(fl_ctx)
+
     def _contribution(self, fl_ctx: FLContext) -> None:
+        self._follow_round(fl_ctx)
         site = _peer_name(fl_ctx)
         accepted = bool(fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False))
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
@@ -144,8 +149,14 @@ class RunRecorder(FLComponent):
         weights = {k: torch.as_tensor(v) for k, v in state.get("model", state).items()}
         torch.save(weights, self._out / f"{name}.pt")
         config = TrainConfig.model_validate_json(self._config_path.read_text())
-        sidecar = model_sidecar(config, job_id=fl_ctx.get_job_id(), rounds=_completed_rounds(self._out),
-                                sites=sorted(self._sites))  # fmt: skip
+        job_meta = fl_ctx.get_prop(FLContextKey.JOB_META) or {}
+        sidecar = model_sidecar(
+            config,
+            job_id=fl_ctx.get_job_id(),
+            job_name=job_meta.get("name", ""),
+            rounds=_completed_rounds(self._out),
+            sites=sorted(self._sites),
+        )
         (self._out / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         self.log_info(fl_ctx, f"wrote {self._out / name}.pt and its sidecar")
 
@@ -157,28 +168,29 @@ class RunRecorder(FLComponent):
             f.write(json.dumps(record, default=str) + "\n")
 
 
-def model_sidecar(config: TrainConfig, *, job_id: str, rounds: int, sites: list[str]) -> dict[str, Any]:
+def model_sidecar(config: TrainConfig, *, job_id: str, job_name: str, rounds: int, sites: list[str]) -> dict[str, Any]:
     """Everything needed to use the weights without guessing: task, inputs, encoding and provenance."""
     spec = config.task
     return {
         "format": "fitfed-model/1",
         "job_id": job_id,
+        "job_name": job_name,
         "task": spec.name,
         "task_spec_sha256_16": spec.fingerprint(),
         "model": config.model.model_dump(),
         "algorithm": config.algorithm,
         "feature_names": spec.encoded_feature_names(),
-        "normalisation": {
-            "numeric": "standardised with each site's own training mean and std" if spec.preprocessing.standardize
-            else "raw values",
-            "categorical": "one-hot over the spec's values" + (", first dropped" if spec.preprocessing.one_hot_drop_first
-                                                               else ""),
-            "boolean": "0/1",
-        },
+        "normalisation": _normalisation(spec),
         "output": "one logit; sigmoid gives P(label in spec.label.positive)",
         "rounds": rounds,
         "sites": sites,
     }
+
+
+def _normalisation(spec: TaskSpec) -> dict[str, str]:
+    numeric = "standardised with each site's own training mean and std" if spec.preprocessing.standardize else "raw"
+    dropped = ", first value dropped" if spec.preprocessing.one_hot_drop_first else ""
+    return {"numeric": numeric, "categorical": f"one-hot over the spec's values{dropped}", "boolean": "0/1"}
 
 
 def _completed_rounds(out: Path) -> int:
