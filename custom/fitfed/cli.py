@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     print(f"running {settings.name} ({settings.train.algorithm}, {settings.num_rounds} rounds) on {len(sites)} "
           f"site(s): {', '.join(sites)}")  # fmt: skip
-    workspace = args.workspace / settings.name
+    workspace = args.workspace.resolve() / settings.name  # resolved: the simulator changes directory
     with _progress(workspace, settings.num_rounds):
         result = simulate(build_recipe(module, settings), data_dir=args.data, sites=sites, workspace=args.workspace)
     return _report(argparse.Namespace(path=result))
