@@ -9,6 +9,7 @@ import pytest
 import torch
 from jobs.conftest import job_module
 
+from fitfed.audit import verify_chain
 from fitfed.config import TrainConfig
 from fitfed.datasets.heart_disease import write_sites
 from fitfed.jobs import build_recipe, simulate
@@ -46,6 +47,7 @@ def test_algorithm_learns_churn(name: str, club_data: Path, tmp_path: Path):
     assert final_auc > initial_auc + 0.1
     assert final_auc > 0.75  # a majority-class model has AUC 0.5
     assert report.mean(4, "accuracy") > _majority_accuracy(club_data, job_module(name).SETTINGS.train)
+    assert len(verify_chain(report.record_dir / "events.jsonl")) > 10  # the run record is an intact hash chain
     state = torch.load(report.final_model)
     assert all(torch.isfinite(t).all() for t in state.values())
 

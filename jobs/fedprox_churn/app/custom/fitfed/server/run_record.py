@@ -23,6 +23,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
+from fitfed.audit import chain_record, last_hash
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig
 from fitfed.spec import TaskSpec
 
@@ -50,6 +51,7 @@ class RunRecorder(FLComponent):
         self.persistor_id = persistor_id
         self.train_config_file = train_config_file
         self._out: Path | None = None
+        self._chain: tuple[str, int] = ("", 0)
         self._round: int | None = None
         self._accepted: list[str] = []
         self._sites: set[str] = set()
@@ -74,6 +76,7 @@ class RunRecorder(FLComponent):
         job_id = fl_ctx.get_job_id()
         self._out = Path(workspace.get_run_dir(job_id)) / RECORD_DIR
         self._out.mkdir(parents=True, exist_ok=True)
+        self._chain = last_hash(self._out / EVENTS_FILE)
         self._config_path = Path(workspace.get_app_config_dir(job_id)) / self.train_config_file
         self._append({"event": "run_started", "job_id": job_id, "min_updates": self.min_updates})
         self.log_info(fl_ctx, f"fitfed run record in {self._out} (min_updates={self.min_updates})")
@@ -161,11 +164,14 @@ class RunRecorder(FLComponent):
         self.log_info(fl_ctx, f"wrote {self._out / name}.pt and its sidecar")
 
     def _append(self, record: dict[str, Any]) -> None:
+        """Append one hash-chained event (see :mod:`fitfed.audit`), so any later edit is detectable."""
         if self._out is None:
             return
-        record = {"time": round(time.time(), 3), **record}
+        previous, sequence = self._chain
+        chained = chain_record({"time": round(time.time(), 3), **record}, previous, sequence)
         with open(self._out / EVENTS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+            f.write(json.dumps(chained, default=str) + "\n")
+        self._chain = (chained["hash"], sequence + 1)
 
 
 def model_sidecar(config: TrainConfig, *, job_id: str, job_name: str, rounds: int, sites: list[str]) -> dict[str, Any]:
