@@ -1,0 +1,134 @@
+"""Crafted job results in the simulator's layout, for tests that need no federation (and for timing exports).
+
+A crafted result holds what a real one does: a hash-chained run record with every round's
+site metrics and the final evaluation, the final/best/per-round state dicts of a real fitfed
+model with its sidecar, the job's configs (copied from jobs/fedavg_churn), and optionally
+FLARE audit.log files in FLARE's own line format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fitfed.audit import GENESIS, chain_record
+from fitfed.config import TrainConfig
+from fitfed.models import build_model
+from fitfed.server.run_record import model_sidecar
+
+JOB_FOLDER = Path(__file__).resolve().parents[2] / "jobs" / "fedavg_churn"
+CLUBS = ("club_01", "club_02", "club_03")
+START = 1_790_000_000.0
+
+
+def crafted_job(
+    root: Path,
+    *,
+    rounds: int = 3,
+    clubs: tuple[str, ...] = CLUBS,
+    finished: bool = True,
+    quality: float = 0.0,
+    seed: int = 0,
+    he: bool = False,
+) -> Path:
+    """Write a job result to ``root`` (a simulator job workspace) and return ``root``."""
+    run_dir = root / "server" / "simulate_job"
+    record = run_dir / "fitfed"
+    (record / "rounds").mkdir(parents=True)
+    config_dir = run_dir / "app_server" / "config"
+    config_dir.mkdir(parents=True)
+    for name in ("fitfed_train.json", "config_fed_server.json", "config_fed_client.json"):
+        shutil.copy(JOB_FOLDER / "app" / "config" / name, config_dir / name)
+    (run_dir / "meta.json").write_text(json.dumps({"name": "fedavg_churn", "min_clients": len(clubs)}))
+    config = TrainConfig.model_validate_json((config_dir / "fitfed_train.json").read_text())
+    if he:
+        train = json.loads((config_dir / "fitfed_train.json").read_text())
+        (config_dir / "fitfed_train.json").write_text(json.dumps({**train, "he": {"enabled": True}}))
+    events = _events(rounds, clubs, finished, quality, seed + (1000 if he else 0))
+    for r in range(1, rounds + 1):
+        torch.save(_weights(config, seed + r), record / "rounds" / f"global_model_round_{r}.pt")
+    if finished:
+        sidecar = model_sidecar(config, job_id="simulate_job", job_name="fedavg_churn", rounds=rounds,
+                                sites=sorted(clubs))  # fmt: skip
+        if he:
+            sidecar["encrypted"] = True
+        for name in ("global_model", "best_global_model"):
+            torch.save(_weights(config, seed + rounds), record / f"{name}.pt")
+            (record / f"{name}.json").write_text(json.dumps(sidecar, indent=2))
+    write_events(record / "events.jsonl", events)
+    return root
+
+
+def running_snapshot(finished: Path, dest: Path, *, rounds_done: int) -> Path:
+    """A copy of a finished crafted job as it was mid-round ``rounds_done``: a prefix of its run record."""
+    shutil.copytree(finished, dest)
+    record = dest / "server" / "simulate_job" / "fitfed"
+    lines = (record / "events.jsonl").read_text().splitlines(keepends=True)
+    ended = [i for i, line in enumerate(lines) if '"round_completed"' in line][rounds_done - 1]
+    (record / "events.jsonl").write_text("".join(lines[: ended + 3]))  # + round_started and one update of the next
+    for path in [*record.glob("*global_model.*"), *record.glob("rounds/*.pt")]:
+        if path.suffix == ".json" or "_round_" not in path.name or int(path.stem.rsplit("_", 1)[1]) > rounds_done:
+            path.unlink()
+    return dest
+
+
+def record_dir(root: Path) -> Path:
+    """The crafted job's fitfed/ folder."""
+    return root / "server" / "simulate_job" / "fitfed"
+
+
+def write_events(path: Path, events: list[dict[str, Any]]) -> None:
+    """Write events as a fresh hash chain."""
+    previous = GENESIS
+    with open(path, "w") as f:
+        for sequence, event in enumerate(events):
+            chained = chain_record(event, previous, sequence)
+            f.write(json.dumps(chained) + "\n")
+            previous = chained["hash"]
+
+
+def flare_audit_lines(job_id: str, site: str, count: int, start: datetime | None = None) -> str:
+    """FLARE audit.log lines in both of its forms (nvflare/fuel/sec/audit.py), one admin command first."""
+    when = start or datetime(2026, 3, 1, 9, 30, 0, 250000)
+    lines = [f"[E:{uuid.uuid4()}][T:{when}][U:admin@fitfed.example][A:submit_job fedavg_churn]"]
+    for i in range(1, count):
+        ref = uuid.uuid4()
+        lines.append(
+            f"[E:{uuid.uuid4()}][R:{ref}][T:{when + timedelta(seconds=i)}][S:public][J:{job_id}]"
+            f'[A:train#{uuid.uuid4()}]sent task to client "{site}"'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _events(rounds: int, clubs: tuple[str, ...], finished: bool, quality: float, seed: int) -> list[dict[str, Any]]:
+    clock = iter(START + i * 0.5 for i in range(10**6))
+    events: list[dict[str, Any]] = [{"time": next(clock), "event": "run_started", "job_id": "simulate_job",
+                                     "min_updates": len(clubs), "nonce": uuid.uuid4().hex}]  # fmt: skip
+    for r in range(rounds):
+        events.append({"time": next(clock), "event": "round_started", "round": r})
+        for i, club in enumerate(clubs):
+            events.append({"time": next(clock), "event": "site_update", "round": r, "site": club, "accepted": True,
+                           "metrics": _metrics(r, i, quality), "steps": 10})  # fmt: skip
+        events.append({"time": next(clock), "event": "round_completed", "round": r, "sites": sorted(clubs)})
+    if finished:
+        for model in ("SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"):
+            for i, club in enumerate(clubs):
+                events.append({"time": next(clock), "event": "global_evaluation", "model": model, "site": club,
+                               "metrics": _metrics(rounds, i, quality)})  # fmt: skip
+        events.append({"time": next(clock), "event": "run_finished", "models": ["global_model", "best_global_model"]})
+    return events
+
+
+def _metrics(round_number: int, club: int, quality: float) -> dict[str, float]:
+    accuracy = min(0.99, 0.6 + 0.01 * round_number + 0.02 * club + quality)
+    return {"loss": 0.7 - 0.003 * round_number, "accuracy": accuracy, "roc_auc": min(0.99, accuracy + 0.05)}
+
+
+def _weights(config: TrainConfig, seed: int) -> dict[str, torch.Tensor]:
+    return build_model(config.model, len(config.task.encoded_feature_names()), seed=seed).state_dict()
