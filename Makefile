@@ -4,23 +4,30 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fitfed-installed
+TEST_STAMP := $(VENV)/.fitfed-test-installed
+# `make test` adds the spark extra (PySpark, ~450 MB) for databricks_bridge's Spark test; without Java it skips.
+TEST_EXTRAS ?= dev,bridge,spark
 
 .PHONY: demo test lint jobs clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev,bridge]"
+	@touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[$(TEST_EXTRAS)]"
 	@touch $@
 
 demo: $(STAMP)
 	$(VENV)/bin/fitfed demo
 
-test: lint
+test: lint $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check custom jobs tests databricks_bridge
-	$(VENV)/bin/ruff format --check --quiet custom jobs tests databricks_bridge
+	$(VENV)/bin/ruff check custom jobs tests databricks_bridge benchmarks attack_harness
+	$(VENV)/bin/ruff format --check --quiet custom jobs tests databricks_bridge benchmarks attack_harness
 
 jobs: $(STAMP)
 	$(VENV)/bin/fitfed jobs export

@@ -20,6 +20,7 @@ examples:
   fitfed jobs export                            regenerate the job folders in jobs/
   fitfed run fedavg_churn --data data/clubs     run a job in NVFlare's simulator, one site per CSV
   fitfed report workspace/fedavg_churn          show a finished run's per-round table
+  fitfed export workspace/fedavg_churn          export a job to MLflow and the audit table (local lakehouse)
 """
 
 
@@ -61,7 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_data_commands(commands)
     _add_job_commands(commands)
+    _add_federation_commands(commands)
+    _add_export_commands(commands)
     return parser
+
+
+def _add_export_commands(commands: argparse._SubParsersAction) -> None:
+    """``fitfed export``: the databricks_bridge package's command (its imports load only when it runs)."""
+    from databricks_bridge.cli import add_export_parser
+
+    add_export_parser(commands)
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -107,6 +117,10 @@ def _add_job_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--data", type=Path, required=True, help="folder of <site>.csv files")
     run.add_argument("--spec", help="task spec YAML (or built-in name) to use instead of the job's own")
     run.add_argument("--rounds", type=int, help="override the job's number of rounds")
+    run.add_argument(
+        "--aggregator",
+        help='robust aggregator as JSON, e.g. \'{"method": "median"}\' (see docs/robust-aggregation.md)',
+    )
     run.add_argument("--workspace", type=Path, default=Path("workspace"), help="simulator workspace root")
     run.add_argument("--jobs-dir", type=Path, default=Path("jobs"))
     run.set_defaults(handler=_run)
@@ -117,6 +131,56 @@ def _add_job_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="folder for data and workspace")
     demo.add_argument("--jobs-dir", type=Path, default=Path("jobs"))
     demo.set_defaults(handler=_demo)
+
+
+def _add_federation_commands(commands: argparse._SubParsersAction) -> None:
+    provision = commands.add_parser("provision", help="render a federation's NVFlare project.yml from a roster")
+    actions = provision.add_subparsers(metavar="ACTION")
+    init = actions.add_parser(
+        "init",
+        help="validate a roster and write project.yml for `nvflare provision`",
+        description="Reads a short roster (federation, server host and ports, clubs with their orgs, people with "
+        "FLARE roles) and writes a complete project.yml, HE contexts included. Then run: "
+        "nvflare provision -p <project.yml>",
+    )
+    init.add_argument("--roster", type=Path, required=True, help="roster YAML (see provisioning/roster.example.yaml)")
+    init.add_argument("--out", type=Path, default=Path("provisioning/project.yml"), help="where to write project.yml")
+    init.set_defaults(handler=_provision_init)
+    site = commands.add_parser("site", help="check a club's startup kit").add_subparsers(metavar="ACTION")
+    check = site.add_parser(
+        "check",
+        help="is this kit ready to start? certificates, server reachable, data valid, privacy policy",
+        description="Checks a club's startup kit: certificates present and unexpired, the server reachable, the "
+        "data file present and valid against the task spec, and the privacy policy parseable. Exit 1 if not ready.",
+    )
+    check.add_argument("kit", type=Path, help="the club's startup kit folder (holds startup/ and local/)")
+    check.add_argument("--spec", default="churn", help="task spec the data must meet (default: churn)")
+    check.set_defaults(handler=_site_check)
+
+
+def _provision_init(args: argparse.Namespace) -> int:
+    from fitfed.provision import RosterError, load_roster, write_project
+
+    try:
+        roster = load_roster(args.roster)
+    except RosterError as e:
+        raise UserError(str(e)) from None
+    out = write_project(roster, args.out)
+    print(
+        f"wrote {out} for {len(roster.clubs)} club(s) and {len(roster.people)} people; next: nvflare provision -p {out}"
+    )
+    return 0
+
+
+def _site_check(args: argparse.Namespace) -> int:
+    from fitfed.site_check import check_kit
+
+    results = check_kit(args.kit, load_spec(args.spec))
+    for result in results:
+        print(f"{'OK  ' if result.ok else 'FAIL'} {result.name}: {result.detail}")
+    failed = [r for r in results if not r.ok]
+    print(f"{args.kit}: {'ready to start' if not failed else f'not ready ({len(failed)} problem(s))'}")
+    return 1 if failed else 0
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -189,6 +253,8 @@ def _jobs_export(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from fitfed.jobs import build_recipe, simulate
 
     job_path = Path(args.job) if args.job.endswith(".py") else args.jobs_dir / f"{args.job}.py"
@@ -198,7 +264,14 @@ def _run(args: argparse.Namespace) -> int:
     updates: dict[str, object] = {"train": settings.train.model_copy(update=train_updates)}
     if args.rounds:
         updates["num_rounds"] = args.rounds
-    settings = settings.model_validate({**settings.model_dump(), **updates})
+    if getattr(args, "aggregator", None):
+        updates["aggregator"] = _json_option("--aggregator", args.aggregator)
+    try:
+        settings = settings.model_validate({**settings.model_dump(), **updates})
+    except ValidationError as e:  # each message names the field and the fix
+        raise UserError(
+            f"job {settings.name!r} with these options: " + "; ".join(x["msg"] for x in e.errors())
+        ) from None
     sites = _sites_in(args.data)
     if len(sites) < settings.min_clients:
         raise UserError(
@@ -213,6 +286,15 @@ def _run(args: argparse.Namespace) -> int:
     return _report(argparse.Namespace(path=result))
 
 
+def _json_option(name: str, value: str) -> object:
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise UserError(f'{name}={value!r} is not JSON ({e.msg}); e.g. {name} \'{{"method": "median"}}\'') from None
+
+
 def _report(args: argparse.Namespace) -> int:
     from fitfed.report import format_table, load_report
 
@@ -221,6 +303,7 @@ def _report(args: argparse.Namespace) -> int:
     print(format_table(report))
     for round_number, sites in sorted(report.failures.items()):
         print(f"round {round_number}: no result from {', '.join(sites)} (see that site's log for the reason)")
+    _print_aggregation(report)
     if report.aborted:
         print(f"stopped: {report.aborted}")
     if report.final_model.is_file():
@@ -230,14 +313,32 @@ def _report(args: argparse.Namespace) -> int:
     return 0 if report.final_model.is_file() else 1
 
 
+def _print_aggregation(report) -> None:  # noqa: ANN001 - a fitfed.report.RunReport
+    """Name every club a robust aggregator rejected, clipped or found an outlier; flag those it did in most rounds."""
+    from fitfed.report import aggregation_records
+
+    if not report.aggregation:
+        return
+    records = [r for r in aggregation_records(report) if r.suspect or r.clipped]
+    flagged = [r.club for r in records if r.flagged]
+    print(f"\naggregation: {report.aggregation[-1]['method']}; flagged (suspect in most rounds): {flagged or 'none'}")
+    for record in records:
+        print(f"  {'FLAGGED ' if record.flagged else ''}{record.describe()}")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fitfed.datasets.churn import write_clubs
 
     data = args.out / "data"
     write_clubs(data, 3, 0, overwrite=True)
     print(f"synthesised 3 clubs (SYNTHETIC members, seed 0) in {data}/")
-    return _run(argparse.Namespace(job="fedavg_churn", data=data, spec=None, rounds=None,
-                                   workspace=args.out / "workspace", jobs_dir=args.jobs_dir))  # fmt: skip
+    status = _run(argparse.Namespace(job="fedavg_churn", data=data, spec=None, rounds=None,
+                                     workspace=args.out / "workspace", jobs_dir=args.jobs_dir))  # fmt: skip
+    if status != 0:
+        return status
+    from databricks_bridge.cli import export_after_demo
+
+    return export_after_demo(args.out / "workspace" / "fedavg_churn", args.out / "lakehouse")
 
 
 def _job_files(jobs_dir: Path) -> list[Path]:

@@ -21,7 +21,6 @@ from typing import Any
 
 from nvflare.apis.job_def import SERVER_SITE_NAME
 from nvflare.app_common.workflows.base_model_controller import BaseModelController
-from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.client.config import ExchangeFormat
@@ -31,7 +30,10 @@ from nvflare.recipe.spec import Recipe
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fitfed import client as client_module
+from fitfed.aggregation.aggregator import robust_recipe_args
+from fitfed.aggregation.config import AggregatorConfig, check_feasible
 from fitfed.config import DATA_ENV_VAR, TRAIN_CONFIG_FILE, TrainConfig
+from fitfed.server.final_eval import FinalModelEval
 from fitfed.server.run_record import RunRecorder
 from fitfed.task import make_model
 
@@ -47,12 +49,16 @@ class JobSettings(BaseModel):
     Args:
         name: the job's name, also its folder under ``jobs/``.
         num_rounds: federated rounds.
-        min_clients: sites sampled for every round (FLARE's min_clients).
-        min_updates: fewest usable site updates a round may aggregate; below ``min_clients``, a site
-            whose task fails (bad data, crash) is left out of that round instead of stopping the job.
+        min_clients: clubs that must be connected for the job to start and go on (FLARE's min_clients).
+            Every round goes to every connected club.
+        min_updates: fewest usable club updates a round may aggregate (default: min_clients); a club
+            whose task fails (bad data, crash) is left out of that round while this many remain.
         train: how each site trains (task spec, model, algorithm, optimizer).
         fedprox_mu: FedProx's proximal weight (algorithm "fedprox" only).
         server_lr: FedOpt's server learning rate (algorithm "fedopt" only).
+        aggregator: a robust aggregator (see docs/robust-aggregation.md; "fedavg" and "fedprox" only);
+            sites then send weight differences. Checked against min_updates (or min_clients). Settings
+            that add encrypted aggregation must call ``fitfed.aggregation.config.refuse_with_encrypted_updates``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,6 +70,7 @@ class JobSettings(BaseModel):
     train: TrainConfig
     fedprox_mu: float | None = Field(default=None, gt=0)
     server_lr: float | None = Field(default=None, gt=0)
+    aggregator: AggregatorConfig | None = None
 
     @model_validator(mode="after")
     def _algorithm_options(self) -> JobSettings:
@@ -76,13 +83,25 @@ class JobSettings(BaseModel):
             raise ValueError(
                 f"server_lr={self.server_lr!r} applies only to train.algorithm='fedopt', not {algorithm!r}"
             )
+        if self.aggregator is not None:
+            if algorithm not in ("fedavg", "fedprox"):
+                raise ValueError(
+                    f"aggregator={self.aggregator.method!r} needs train.algorithm 'fedavg' or 'fedprox', not "
+                    f"{algorithm!r}, whose server update is its own"
+                )
+            fewest = "min_updates" if self.min_updates else "min_clients"
+            check_feasible(self.aggregator, self.min_updates or self.min_clients, setting=fewest)
         return self
 
 
 def recipe_args(settings: JobSettings) -> dict[str, Any]:
-    """The arguments every fitfed recipe shares: model, rounds, and fitfed's client script."""
+    """The arguments every fitfed recipe shares: model, rounds, fitfed's client script (and any robust aggregator)."""
     spec = settings.train.task
+    robust = {}
+    if settings.aggregator is not None:
+        robust = robust_recipe_args(settings.aggregator, settings.min_updates or settings.min_clients)
     return {
+        **robust,
         "name": settings.name,
         "model": make_model(settings.train.model, len(spec.encoded_feature_names()), seed=settings.train.seed),
         "min_clients": settings.min_clients,
@@ -101,14 +120,12 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
     job = _fed_job(recipe)
     job.add_file_to_clients(str(config_file), app_folder_type="config")
     job.add_file_to_server(str(config_file), app_folder_type="config")
-    min_updates = settings.min_updates or settings.min_clients
-    if min_updates < settings.min_clients:
-        _tolerate_failed_sites(job)
-    job.to_server(RunRecorder(min_updates=min_updates), id="fitfed_recorder")
+    _every_club_every_round(job)
+    job.to_server(RunRecorder(min_updates=settings.min_updates or settings.min_clients), id="fitfed_recorder")
     locator_id = job.comp_ids.get("locator_id") or job.to_server(
         PTFileModelLocator(pt_persistor_id="persistor"), id="locator"
     )
-    job.to_server(GlobalModelEval(model_locator_id=locator_id))
+    job.to_server(FinalModelEval(model_locator_id=locator_id))
     return recipe
 
 
@@ -199,17 +216,21 @@ def _scripts_resolvable() -> Iterator[None]:
         os.chdir(previous)
 
 
-def _tolerate_failed_sites(job: Any) -> None:
-    """Let a round go on without a site whose task failed; RunRecorder still enforces min_updates.
+def _every_club_every_round(job: Any) -> None:
+    """Cross-silo rounds: send every round to every connected club, and go on without one whose task failed.
 
-    FLARE's FedAvg-family controllers otherwise abort the whole job as soon as one sampled
-    site fails, because they wait for every site they sampled.
+    FLARE's FedAvg-family controllers otherwise train a random ``min_clients`` of the connected
+    clubs each round, and abort the whole job as soon as one of them fails. Here a failed or
+    dropped club is left out of its round; RunRecorder still stops a round below min_updates,
+    and FLARE itself ends the job when fewer than min_clients clubs remain connected.
     """
     for workflow in job._deploy_map[SERVER_SITE_NAME].app_config.workflows:
         controller = workflow.controller
         if isinstance(controller, BaseModelController):
             controller._ignore_result_error = True
-        elif isinstance(controller, ScatterAndGather):  # FedOpt's controller
+            if hasattr(controller, "num_clients"):
+                controller.num_clients = 0  # BaseFedAvg.sample_clients: 0 means every connected club
+        elif isinstance(controller, ScatterAndGather):  # FedOpt's controller, which already asks every club
             controller.ignore_result_error = True
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fitfed.aggregation.summary import ClubRecord, club_records
 from fitfed.server.run_record import EVENTS_FILE, FINAL_MODEL, RECORD_DIR
 
 METRICS = ("loss", "accuracy", "roc_auc")
@@ -29,6 +30,7 @@ class RunReport:
     completed_rounds: int = 0
     finished: bool = False
     aborted: str | None = None
+    aggregation: list[dict] = field(default_factory=list)  # robust aggregators' round reports, in order
 
     @property
     def final_model(self) -> Path:
@@ -66,6 +68,8 @@ def load_report(path: Path) -> RunReport:
             report.completed_rounds = event["round"] + 1
         elif kind == "global_evaluation" and event.get("model") == _FINAL_MODEL_NAME:
             _add_site_metrics(report, report.completed_rounds, event)
+        elif kind == "aggregation_report":
+            report.aggregation.append(event)
         elif kind == "round_aborted":
             report.aborted = event["reason"]
         elif kind == "run_finished":
@@ -81,6 +85,11 @@ def _add_site_metrics(report: RunReport, round_number: int, event: dict) -> None
         report.rounds.setdefault(round_number, {})[site] = event["metrics"]
     else:
         report.failures.setdefault(round_number, []).append(site)
+
+
+def aggregation_records(report: RunReport) -> list[ClubRecord]:
+    """Per-club counts of rejected, outlier and clipped updates over the run (empty without a robust aggregator)."""
+    return club_records(report.aggregation)
 
 
 def format_table(report: RunReport) -> str:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from jobs.conftest import JOBS_DIR, job_module
 
 from fitfed.jobs import build_recipe, compare_export, export_into
+from jobs.conftest import JOBS_DIR, job_module
 
 JOB_NAMES = sorted(p.stem for p in JOBS_DIR.glob("*.py"))
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from jobs.conftest import job_module
 
 from fitfed.audit import verify_chain
 from fitfed.config import TrainConfig
@@ -15,6 +14,7 @@ from fitfed.datasets.heart_disease import write_sites
 from fitfed.jobs import build_recipe, simulate
 from fitfed.report import load_report
 from fitfed.task import load_site_data
+from jobs.conftest import job_module
 
 pytestmark = pytest.mark.slow
 

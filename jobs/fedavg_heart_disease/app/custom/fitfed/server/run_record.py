@@ -19,18 +19,22 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
+from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
+from fitfed.aggregation.summary import REPORT_KEY
 from fitfed.audit import chain_record, last_hash
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig
+from fitfed.privacy_scope import SCOPE_HEADER
 from fitfed.spec import TaskSpec
 
 RECORD_DIR = "fitfed"
 EVENTS_FILE = "events.jsonl"
 FINAL_MODEL = "global_model"
 BEST_MODEL = "best_global_model"
+ROUNDS_DIR = "rounds"  # <RECORD_DIR>/rounds/global_model_round_<r>.pt: the global model after r rounds
 
 
 class RunRecorder(FLComponent):
@@ -64,7 +68,9 @@ class RunRecorder(FLComponent):
             AppEventType.AFTER_CONTRIBUTION_ACCEPT: self._contribution,
             AppEventType.BEFORE_AGGREGATION: self._check_enough_sites,
             AppEventType.AFTER_AGGREGATION: self._round_done,
+            AppEventType.AFTER_LEARNABLE_PERSIST: self._keep_round_model,
             AppEventType.VALIDATION_RESULT_RECEIVED: self._final_evaluation,
+            EventType.CLIENT_DISCONNECTED: self._site_dropped,
             EventType.END_RUN: self._finish,
         }
         handler = handlers.get(event_type)
@@ -99,6 +105,7 @@ class RunRecorder(FLComponent):
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
         record: dict[str, Any] = {"event": "site_update", "round": self._round, "site": site, "accepted": accepted}
         if isinstance(result, Shareable):
+            record["privacy_scope"] = result.get_header(SCOPE_HEADER)  # None: the club applied no fitfed scope
             model = FLModelUtils.from_shareable(result)
             record["metrics"] = model.metrics or {}
             record["steps"] = (model.meta or {}).get("NUM_STEPS_CURRENT_ROUND")
@@ -119,7 +126,16 @@ class RunRecorder(FLComponent):
         self._append({"event": "round_aborted", "round": self._round, "reason": reason})
         self.system_panic(reason, fl_ctx)
 
+    def _site_dropped(self, fl_ctx: FLContext) -> None:
+        site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
+        reason = "FLARE deemed the site disconnected (no heartbeat); rounds go on without it while min_updates holds"
+        self._append({"event": "site_dropped", "round": self._round, "site": site, "reason": reason})
+        self.log_warning(fl_ctx, f"site {site} dropped out in round {self._round}")
+
     def _round_done(self, fl_ctx: FLContext) -> None:
+        result = fl_ctx.get_prop(AppConstants.AGGREGATION_RESULT)
+        if isinstance(result, FLModel) and REPORT_KEY in (result.meta or {}):  # a fitfed robust aggregator's report
+            self._append({"event": "aggregation_report", "round": self._round, **result.meta[REPORT_KEY]})
         self._append({"event": "round_completed", "round": self._round, "sites": sorted(self._accepted)})
 
     def _final_evaluation(self, fl_ctx: FLContext) -> None:
@@ -145,12 +161,20 @@ class RunRecorder(FLComponent):
                 written.append(name)
         self._append({"event": "run_finished", "models": written})
 
+    def _keep_round_model(self, fl_ctx: FLContext) -> None:
+        """Keep every round's global model: the persistor overwrites its one checkpoint each round."""
+        checkpoint = getattr(fl_ctx.get_engine().get_component(self.persistor_id), "_ckpt_save_path", None)
+        if self._out is None or self._round is None or not checkpoint or not Path(checkpoint).is_file():
+            return
+        (self._out / ROUNDS_DIR).mkdir(exist_ok=True)
+        torch.save(
+            _plain_state_dict(Path(checkpoint)), self._out / ROUNDS_DIR / f"{FINAL_MODEL}_round_{self._round + 1}.pt"
+        )
+
     def _write_model(self, checkpoint: Path, name: str, fl_ctx: FLContext) -> None:
         """Save the persisted weights as a plain state dict plus the sidecar a later user needs."""
         assert self._out is not None
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        weights = {k: torch.as_tensor(v) for k, v in state.get("model", state).items()}
-        torch.save(weights, self._out / f"{name}.pt")
+        torch.save(_plain_state_dict(checkpoint), self._out / f"{name}.pt")
         config = TrainConfig.model_validate_json(self._config_path.read_text())
         job_meta = fl_ctx.get_prop(FLContextKey.JOB_META) or {}
         sidecar = model_sidecar(
@@ -197,6 +221,12 @@ def _normalisation(spec: TaskSpec) -> dict[str, str]:
     numeric = "standardised with each site's own training mean and std" if spec.preprocessing.standardize else "raw"
     dropped = ", first value dropped" if spec.preprocessing.one_hot_drop_first else ""
     return {"numeric": numeric, "categorical": f"one-hot over the spec's values{dropped}", "boolean": "0/1"}
+
+
+def _plain_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The weights in a FLARE PyTorch checkpoint, as a plain state dict of tensors."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return {k: torch.as_tensor(v) for k, v in state.get("model", state).items()}
 
 
 def _completed_rounds(out: Path) -> int:
