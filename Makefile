@@ -5,14 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fitfed-installed
 TEST_STAMP := $(VENV)/.fitfed-test-installed
+# The base install includes the privacy extra: `nvflare provision` needs TenSEAL for the HE contexts in kits.
 # `make test` adds the spark extra (PySpark, ~450 MB) for databricks_bridge's Spark test; without Java it skips.
-TEST_EXTRAS ?= dev,bridge,spark
+TEST_EXTRAS ?= dev,bridge,privacy,spark
 
 .PHONY: demo test lint jobs clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev,bridge]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev,bridge,privacy]"
 	@touch $@
 
 $(TEST_STAMP): $(STAMP)
