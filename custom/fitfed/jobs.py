@@ -72,6 +72,11 @@ class JobSettings(BaseModel):
     server_lr: float | None = Field(default=None, gt=0)
     aggregator: AggregatorConfig | None = None
 
+    @property
+    def updates_needed(self) -> int:
+        """The fewest usable club updates a round may aggregate: min_updates, else min_clients."""
+        return self.min_updates or self.min_clients
+
     @model_validator(mode="after")
     def _algorithm_options(self) -> JobSettings:
         algorithm = self.train.algorithm
@@ -90,7 +95,7 @@ class JobSettings(BaseModel):
                     f"{algorithm!r}, whose server update is its own"
                 )
             fewest = "min_updates" if self.min_updates else "min_clients"
-            check_feasible(self.aggregator, self.min_updates or self.min_clients, setting=fewest)
+            check_feasible(self.aggregator, self.updates_needed, setting=fewest)
         return self
 
 
@@ -99,7 +104,7 @@ def recipe_args(settings: JobSettings) -> dict[str, Any]:
     spec = settings.train.task
     robust = {}
     if settings.aggregator is not None:
-        robust = robust_recipe_args(settings.aggregator, settings.min_updates or settings.min_clients)
+        robust = robust_recipe_args(settings.aggregator, settings.updates_needed)
     return {
         **robust,
         "name": settings.name,
@@ -121,7 +126,7 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
     job.add_file_to_clients(str(config_file), app_folder_type="config")
     job.add_file_to_server(str(config_file), app_folder_type="config")
     _every_club_every_round(job)
-    job.to_server(RunRecorder(min_updates=settings.min_updates or settings.min_clients), id="fitfed_recorder")
+    job.to_server(RunRecorder(min_updates=settings.updates_needed), id="fitfed_recorder")
     locator_id = job.comp_ids.get("locator_id") or job.to_server(
         PTFileModelLocator(pt_persistor_id="persistor"), id="locator"
     )

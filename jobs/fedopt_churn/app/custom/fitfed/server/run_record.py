@@ -56,6 +56,7 @@ class RunRecorder(FLComponent):
         self.train_config_file = train_config_file
         self._out: Path | None = None
         self._chain: tuple[str, int] = ("", 0)
+        self._rounds_completed = 0
         self._round: int | None = None
         self._accepted: list[str] = []
         self._sites: set[str] = set()
@@ -137,6 +138,7 @@ class RunRecorder(FLComponent):
         if isinstance(result, FLModel) and REPORT_KEY in (result.meta or {}):  # a fitfed robust aggregator's report
             self._append({"event": "aggregation_report", "round": self._round, **result.meta[REPORT_KEY]})
         self._append({"event": "round_completed", "round": self._round, "sites": sorted(self._accepted)})
+        self._rounds_completed += 1
 
     def _final_evaluation(self, fl_ctx: FLContext) -> None:
         result = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
@@ -181,7 +183,7 @@ class RunRecorder(FLComponent):
             config,
             job_id=fl_ctx.get_job_id(),
             job_name=job_meta.get("name", ""),
-            rounds=_completed_rounds(self._out),
+            rounds=self._rounds_completed,
             sites=sorted(self._sites),
         )
         (self._out / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
@@ -227,11 +229,6 @@ def _plain_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The weights in a FLARE PyTorch checkpoint, as a plain state dict of tensors."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     return {k: torch.as_tensor(v) for k, v in state.get("model", state).items()}
-
-
-def _completed_rounds(out: Path) -> int:
-    lines = (out / EVENTS_FILE).read_text().splitlines()
-    return sum(1 for line in lines if json.loads(line)["event"] == "round_completed")
 
 
 def _peer_name(fl_ctx: FLContext) -> str:
