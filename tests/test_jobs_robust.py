@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from nvflare.apis.dxo import DataKind
+from nvflare.client.config import TransferType
 from pydantic import ValidationError
 
 from fitfed.config import TrainConfig
@@ -51,8 +53,10 @@ def test_settings_with_an_aggregator_survive_a_dump_and_reload():
     assert again == settings
 
 
-def test_without_an_aggregator_the_recipe_is_unchanged():
-    assert {"aggregator", "params_transfer_type"}.isdisjoint(recipe_args(_settings()))
+def test_without_an_aggregator_flares_aggregator_gets_weight_differences():
+    args = recipe_args(_settings())
+    assert "aggregator" not in args
+    assert args["params_transfer_type"] == TransferType.DIFF and args["aggregator_data_kind"] == DataKind.WEIGHT_DIFF
 
 
 def test_exported_job_carries_the_aggregator_and_sends_weight_differences(tmp_path: Path):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tenseal as ts
 import yaml
 
 from fitfed.datasets.churn import write_clubs
@@ -42,7 +43,8 @@ def kit(tmp_path: Path, listening_port: int, monkeypatch: pytest.MonkeyPatch) ->
     club = kits / "club_01"
     write_clubs(tmp_path / "data", 1, seed=0)
     shutil.copy(REPO / "provisioning" / "site_templates" / "privacy.json", club / "local")
-    (club / "local" / "fitfed_site.yaml").write_text(f"data_path: {tmp_path / 'data' / 'club_01.csv'}\n")
+    site = {"data_path": str(tmp_path / "data" / "club_01.csv"), "privacy_budget": {"epsilon": 10.0, "delta": 1e-5}}
+    (club / "local" / "fitfed_site.yaml").write_text(yaml.safe_dump(site))
     return club
 
 
@@ -106,3 +108,29 @@ def test_broken_privacy_policy_fails(kit: Path, policy: str, message: str):
 def test_not_a_kit(tmp_path: Path):
     (result,) = check_kit(tmp_path, load_spec("churn"))
     assert not result.ok and "has no startup/fed_client.json" in result.detail
+
+
+def test_weak_he_context_fails(kit: Path):
+    # Setup: a kit whose HE context was made outside fitfed with too small a scale
+    weak = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[30, 20, 30])
+    weak.global_scale = 2**20
+    (kit / "startup" / "client_context.tenseal").write_bytes(weak.serialize(save_secret_key=True))
+
+    # Execute / Assert
+    ok, detail = _by_name(kit)["he"]
+    assert not ok and "too weak" in detail and "re-provision" in detail
+
+
+def test_provisioned_he_context_passes(kit: Path):
+    ok, detail = _by_name(kit)["he"]
+    assert ok and "aggregation error" in detail
+
+
+def test_strict_scope_without_a_privacy_budget_fails(kit: Path):
+    # Setup: the data location only, as before the club set its budget
+    site = kit / "local" / "fitfed_site.yaml"
+    site.write_text(yaml.safe_dump({"data_path": yaml.safe_load(site.read_text())["data_path"]}))
+
+    # Execute / Assert
+    ok, detail = _by_name(kit)["privacy"]
+    assert not ok and "scope 'strict'" in detail and "privacy_budget" in detail

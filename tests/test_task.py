@@ -183,6 +183,12 @@ def test_same_round_seed_gives_identical_weights_and_another_does_not():
             {"local_steps": 3, "algorithm": "scaffold", "optimizer": "adam"},
             "algorithm='scaffold' needs optimizer='sgd' (its correction assumes SGD), got 'adam'",
         ),
+        (
+            {"local_steps": 3, "algorithm": "scaffold", "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}},
+            "dp cannot be combined with algorithm='scaffold': its control variates carry un-noised gradients",
+        ),
+        ({"local_steps": 3, "dp": {"noise_multiplier": 0, "max_grad_norm": 1.0}}, "dp.noise_multiplier"),
+        ({"local_steps": 3, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "accountant": "gdp"}}, "accountant"),
     ],
 )
 def test_train_config_rejects_inconsistent_settings(fields, message):
@@ -199,6 +205,20 @@ def test_train_config_accepts_scaffold_with_sgd_and_fedprox_with_adam():
     # Assert
     assert (scaffold.local_steps, scaffold.local_epochs) == (3, None)
     assert (fedprox.local_steps, fedprox.local_epochs) == (None, 1)
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedopt"])
+def test_train_config_accepts_dp_sgd_with_fedavg_fedprox_and_fedopt(algorithm):
+    # Prepare
+    dp = {"noise_multiplier": 1.1, "max_grad_norm": 1}
+
+    # Execute
+    config = TrainConfig(task=SPEC, local_steps=3, algorithm=algorithm, dp=dp)
+
+    # Assert: the fields the databricks bridge reads
+    assert config.dp is not None
+    assert (config.dp.noise_multiplier, config.dp.max_grad_norm, config.dp.target_delta) == (1.1, 1.0, 1e-5)
+    assert TrainConfig.model_validate_json(config.model_dump_json()) == config
 
 
 def test_load_site_data_validates_and_encodes_a_site_csv(tmp_path):

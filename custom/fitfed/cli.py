@@ -21,6 +21,7 @@ examples:
   fitfed run fedavg_churn --data data/clubs     run a job in NVFlare's simulator, one site per CSV
   fitfed report workspace/fedavg_churn          show a finished run's per-round table
   fitfed export workspace/fedavg_churn          export a job to MLflow and the audit table (local lakehouse)
+  fitfed he decrypt DOWNLOAD --kit club_01      decrypt an HE job's final model with a club's key
 """
 
 
@@ -156,6 +157,36 @@ def _add_federation_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("kit", type=Path, help="the club's startup kit folder (holds startup/ and local/)")
     check.add_argument("--spec", default="churn", help="task spec the data must meet (default: churn)")
     check.set_defaults(handler=_site_check)
+    he = commands.add_parser("he", help="homomorphic encryption: decrypt an HE job's final model at a club")
+    decrypt = he.add_subparsers(metavar="ACTION").add_parser(
+        "decrypt",
+        help="decrypt an HE job's final global model with a club's key, for the bridge to register",
+        description="In an HE job the server only holds the encrypted global model. A club (every club holds "
+        "the key under FLARE's HEBuilder) decrypts it with its kit's startup/client_context.tenseal and writes "
+        "fitfed/decrypted_global_model.pt plus a sidecar naming the club and the ciphertext's SHA-256. "
+        "Only decrypted weights are written; no member data is involved.",
+    )
+    decrypt.add_argument("result", type=Path, help="the job result (`nvflare job download` folder) or its fitfed/")
+    decrypt.add_argument("--kit", type=Path, required=True, help="the club's startup kit (holds startup/)")
+    decrypt.set_defaults(handler=_he_decrypt)
+
+
+def _he_decrypt(args: argparse.Namespace) -> int:
+    from fitfed.privacy.he import CLIENT_CONTEXT_FILE, decrypt_global_model, load_context
+    from fitfed.report import find_record_dir
+    from fitfed.server.run_record import FINAL_MODEL
+
+    record = find_record_dir(args.result)
+    ciphertext, sidecar = record / f"{FINAL_MODEL}.pt", record / f"{FINAL_MODEL}.json"
+    if not ciphertext.is_file() or not sidecar.is_file():
+        raise UserError(f"{record}: no final model ({ciphertext.name} and {sidecar.name}); did the job finish?")
+    context = load_context(args.kit / "startup" / CLIENT_CONTEXT_FILE)
+    try:
+        written = decrypt_global_model(ciphertext, sidecar, context, club=args.kit.resolve().name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"decrypted {ciphertext} with {args.kit.name}'s key: wrote {written.weights} and {written.sidecar.name}")
+    return 0
 
 
 def _provision_init(args: argparse.Namespace) -> int:
@@ -272,6 +303,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(
             f"job {settings.name!r} with these options: " + "; ".join(x["msg"] for x in e.errors())
         ) from None
+    if settings.he:
+        raise UserError(
+            f"job {settings.name!r} uses homomorphic encryption, which FLARE runs only on HE-provisioned kits, "
+            f"not in the simulator: submit jobs/{settings.name}/ with `nvflare job submit` (docs/ml-lead.md)"
+        )
     sites = _sites_in(args.data)
     if len(sites) < settings.min_clients:
         raise UserError(

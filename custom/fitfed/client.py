@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nvflare.client as flare
 import torch
@@ -18,10 +19,19 @@ from nvflare.app_common.utils.fedprox_utils import get_fedprox_mu
 from nvflare.app_opt.pt.scaffold import PTScaffoldHelper
 from torch import nn
 
+from fitfed.audit import ChainError
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig, site_data_path
 from fitfed.preprocessing import SiteSplit
+from fitfed.privacy.ledger import PrivacyBudgetExceeded
+from fitfed.privacy.update_dp import GaussianUpdateDP  # noqa: F401  (see below)
 from fitfed.task import evaluate, load_site_data, make_model, train
 from fitfed.validation import SiteDataError
+
+if TYPE_CHECKING:  # Opacus is the optional "privacy" extra; only DP-SGD jobs import it
+    from fitfed.privacy.dp_sgd import DPTrainer
+
+# FLARE builds a club's privacy-scope filters in the job's process, where the job's copy of fitfed (app/custom/)
+# shadows the club's installed one; importing the strict scope's filter here ships it in every exported job.
 
 logger = logging.getLogger("fitfed.client")
 
@@ -50,14 +60,46 @@ def load_scaffold_controls(helper: PTScaffoldHelper, received: FLModel) -> None:
     helper.load_global_controls(weights={k: torch.as_tensor(v) for k, v in controls.items()})
 
 
+def start_dp(config: TrainConfig, data: SiteSplit, site: str) -> DPTrainer | None:
+    """DP-SGD for this site's whole part in the job, when the job asks for it.
+
+    The club's ledger is in its kit's ``local/`` folder. FLARE runs this script in the client's job
+    process, whose working directory is the kit (the simulator: the site's workspace), as for
+    :func:`fitfed.config.site_data_path`.
+    """
+    if config.dp is None:
+        return None
+    from fitfed.privacy.dp_sgd import DPTrainer
+    from fitfed.privacy.ledger import open_ledger
+
+    try:
+        ledger = open_ledger(Path.cwd(), site)
+    except ChainError as e:  # a tampered ledger: this site cannot account for its privacy, so it cannot train
+        logger.error("site %s cannot take part: %s", site, e)
+        raise
+    if ledger is None or ledger.budget is None:
+        logger.warning(
+            "site %s has no privacy_budget in local/fitfed_site.yaml: DP-SGD's epsilon is reported (and recorded "
+            "in local/ when there is one) but not limited; set privacy_budget to cap it",
+            site,
+        )
+    return DPTrainer(config, len(data.y_train), ledger=ledger, job_id=flare.get_job_id())
+
+
 def train_round(model: nn.Module, data: SiteSplit, config: TrainConfig, received: FLModel,
-                scaffold: PTScaffoldHelper | None) -> FLModel:  # fmt: skip
+                scaffold: PTScaffoldHelper | None, dp: DPTrainer | None = None) -> FLModel:  # fmt: skip
     """Train on the received model and package the result FLARE's aggregator expects."""
     fedprox_mu = get_fedprox_mu(received) if config.algorithm == "fedprox" else None
     if scaffold is not None:
         load_scaffold_controls(scaffold, received)
+    if dp is not None:
+        try:  # before training: a refused round trains nothing
+            dp.charge_round(received.current_round or 0)
+        except PrivacyBudgetExceeded as e:  # fails this site's task, as bad data does; nothing is sent
+            logger.error("this site stops training: %s", e)
+            raise
     round_seed = config.seed * 100_003 + (received.current_round or 0)
-    result = train(model, data, config, round_seed=round_seed, fedprox_mu=fedprox_mu, scaffold=scaffold)
+    result = train(model, data, config, round_seed=round_seed, fedprox_mu=fedprox_mu, scaffold=scaffold, dp=dp)
     meta: dict[str, object] = {"NUM_STEPS_CURRENT_ROUND": result.steps, "train_loss": result.loss}
     if scaffold is not None:
         # As tensors: the helper returns numpy arrays, which end up in the server's checkpoint meta
@@ -87,6 +129,7 @@ def main() -> None:
     scaffold = PTScaffoldHelper() if config.algorithm == "scaffold" else None
     if scaffold is not None:
         scaffold.init(model)
+    dp = start_dp(config, data, site)
 
     while flare.is_running():
         received = flare.receive()  # (3) the current global model
@@ -97,8 +140,8 @@ def main() -> None:
         if flare.is_evaluate():
             flare.send(FLModel(metrics=metrics))
             continue
-        output = train_round(model, data, config, received, scaffold)  # (5) local training
-        output.metrics = metrics
+        output = train_round(model, data, config, received, scaffold, dp)  # (5) local training
+        output.metrics = {**metrics, **(dp.metrics() if dp is not None else {})}
         flare.send(output)  # (6) the update, with the received model's metrics
 
 

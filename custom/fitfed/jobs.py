@@ -19,11 +19,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from nvflare.apis.dxo import DataKind
 from nvflare.apis.job_def import SERVER_SITE_NAME
 from nvflare.app_common.workflows.base_model_controller import BaseModelController
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
-from nvflare.client.config import ExchangeFormat
+from nvflare.client.config import ExchangeFormat, TransferType
 from nvflare.fuel.utils.log_utils import default_log_dict
 from nvflare.recipe import SimEnv
 from nvflare.recipe.spec import Recipe
@@ -31,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fitfed import client as client_module
 from fitfed.aggregation.aggregator import robust_recipe_args
-from fitfed.aggregation.config import AggregatorConfig, check_feasible
+from fitfed.aggregation.config import AggregatorConfig, check_feasible, refuse_with_encrypted_updates
 from fitfed.config import DATA_ENV_VAR, TRAIN_CONFIG_FILE, TrainConfig
+from fitfed.privacy.he import HEContextCheck
 from fitfed.server.final_eval import FinalModelEval
 from fitfed.server.run_record import RunRecorder
 from fitfed.task import make_model
@@ -57,8 +59,13 @@ class JobSettings(BaseModel):
         fedprox_mu: FedProx's proximal weight (algorithm "fedprox" only).
         server_lr: FedOpt's server learning rate (algorithm "fedopt" only).
         aggregator: a robust aggregator (see docs/robust-aggregation.md; "fedavg" and "fedprox" only);
-            sites then send weight differences. Checked against min_updates (or min_clients). Settings
-            that add encrypted aggregation must call ``fitfed.aggregation.config.refuse_with_encrypted_updates``.
+            checked against min_updates (or min_clients).
+        he: encrypt every club's update with CKKS before it leaves the club (FLARE's ``FedAvgRecipeWithHE``);
+            "fedavg" only, never with a robust aggregator, and only on kits provisioned with HEBuilder
+            (FLARE refuses the simulator). The server then holds only the encrypted global model.
+
+    Clubs always send weight differences, not weights: that is what a club's update-level DP filter
+    (its ``strict`` privacy scope) clips and noises, whatever the job.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +78,7 @@ class JobSettings(BaseModel):
     fedprox_mu: float | None = Field(default=None, gt=0)
     server_lr: float | None = Field(default=None, gt=0)
     aggregator: AggregatorConfig | None = None
+    he: bool = False
 
     @property
     def updates_needed(self) -> int:
@@ -96,30 +104,51 @@ class JobSettings(BaseModel):
                 )
             fewest = "min_updates" if self.min_updates else "min_clients"
             check_feasible(self.aggregator, self.updates_needed, setting=fewest)
+        if self.he:
+            if algorithm != "fedavg":
+                raise ValueError(
+                    f"he=True runs FLARE's FedAvg with HE: train.algorithm must be 'fedavg', not {algorithm!r}"
+                )
+            refuse_with_encrypted_updates(self.aggregator)
         return self
 
 
 def recipe_args(settings: JobSettings) -> dict[str, Any]:
     """The arguments every fitfed recipe shares: model, rounds, fitfed's client script (and any robust aggregator)."""
     spec = settings.train.task
-    robust = {}
+    extra = _update_args(settings)
     if settings.aggregator is not None:
-        robust = robust_recipe_args(settings.aggregator, settings.updates_needed)
+        extra = robust_recipe_args(settings.aggregator, settings.updates_needed)
     return {
-        **robust,
+        **extra,
         "name": settings.name,
         "model": make_model(settings.train.model, len(spec.encoded_feature_names()), seed=settings.train.seed),
         "min_clients": settings.min_clients,
         "num_rounds": settings.num_rounds,
         "train_script": _CLIENT_SCRIPT,
         "train_args": f"--config {TRAIN_CONFIG_FILE}",
-        # Tensors end to end: the server's checkpoints then load with torch.load(weights_only=True).
-        "server_expected_format": ExchangeFormat.PYTORCH,
+        # Tensors end to end: the server's checkpoints then load with torch.load(weights_only=True). FLARE's HE
+        # encryptor works on numpy arrays, and its server checkpoints hold ciphertext either way.
+        "server_expected_format": ExchangeFormat.NUMPY if settings.he else ExchangeFormat.PYTORCH,
     }
 
 
+def _update_args(settings: JobSettings) -> dict[str, Any]:
+    """Clubs send weight differences (FLARE computes them from the trained weights in the Client API)."""
+    algorithm = settings.train.algorithm
+    if algorithm == "fedopt":
+        return {}  # FLARE's FedOpt recipe always transfers differences
+    if algorithm == "scaffold":
+        return {"params_transfer_type": TransferType.DIFF}  # its recipe takes no aggregator data kind
+    return {"params_transfer_type": TransferType.DIFF, "aggregator_data_kind": DataKind.WEIGHT_DIFF}
+
+
 def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
-    """Ship the training config, record the run, and evaluate the final global model at every site."""
+    """Ship the training config, record the run, and evaluate the final global model at every site.
+
+    An HE job instead checks each club's HE context before training, and has no final evaluation:
+    the server's final model is ciphertext, which a key-holding club decrypts (``fitfed he decrypt``).
+    """
     config_file = Path(tempfile.mkdtemp(prefix="fitfed-job-")) / TRAIN_CONFIG_FILE
     config_file.write_text(settings.train.model_dump_json(indent=2) + "\n")
     job = _fed_job(recipe)
@@ -127,6 +156,9 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
     job.add_file_to_server(str(config_file), app_folder_type="config")
     _every_club_every_round(job)
     job.to_server(RunRecorder(min_updates=settings.updates_needed), id="fitfed_recorder")
+    if settings.he:
+        job.to_clients(HEContextCheck(), id="fitfed_he_check")
+        return recipe
     locator_id = job.comp_ids.get("locator_id") or job.to_server(
         PTFileModelLocator(pt_persistor_id="persistor"), id="locator"
     )

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fitfed.privacy.he import HEParameters, check_parameters
+
 Role = Literal["project_admin", "org_admin", "lead", "member"]
 ROLES: tuple[str, ...] = ("project_admin", "org_admin", "lead", "member")
 _NAME = r"^[a-z][a-z0-9_]*$"
@@ -75,12 +77,22 @@ class PersonEntry(_Strict):
 
 
 class HESettings(_Strict):
-    """TenSEAL CKKS parameters for NVFlare's HEBuilder (every client receives the same secret key)."""
+    """TenSEAL CKKS parameters for NVFlare's HEBuilder (every client receives the same secret key).
+
+    Parameters too imprecise for model weights are refused here, before any kit exists
+    (see :func:`fitfed.privacy.he.check_parameters`).
+    """
 
     enabled: bool = True
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: list[int] = [60, 40, 40]
     scale_bits: int = 40
+
+    @model_validator(mode="after")
+    def _strong_enough(self) -> HESettings:
+        if self.enabled:
+            check_parameters(HEParameters.model_validate(self.model_dump(exclude={"enabled"})))
+        return self
 
 
 class Roster(_Strict):

@@ -1,7 +1,8 @@
 """Is a club's startup kit ready to start? The checks partner IT runs before joining.
 
 Each check answers one question with a line a person can act on: certificates present and
-valid, the server reachable, the club's data valid for the task, the privacy policy usable.
+valid, the server reachable, the club's data valid for the task, the privacy policy usable, and
+the HE context (if any) precise enough.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from fitfed.config import site_data_path
+from fitfed.config import load_site_config, site_data_path
+from fitfed.privacy.he import CLIENT_CONTEXT_FILE, check_context, load_context
+from fitfed.privacy.update_dp import GaussianUpdateDP
 from fitfed.spec import TaskSpec
 from fitfed.validation import SiteDataError, read_site_csv
 
@@ -35,7 +38,7 @@ def check_kit(kit: Path, spec: TaskSpec) -> list[CheckResult]:
     """Run every check on a club's kit folder (the one holding ``startup/`` and ``local/``)."""
     if not (kit / "startup" / "fed_client.json").is_file():
         return [CheckResult("kit", False, f"{kit} has no startup/fed_client.json: point at the club's kit folder")]
-    return [check_certificates(kit), check_server(kit), check_data(kit, spec), check_privacy(kit)]
+    return [check_certificates(kit), check_server(kit), check_data(kit, spec), check_privacy(kit), check_he(kit)]
 
 
 def check_certificates(kit: Path) -> CheckResult:
@@ -111,10 +114,38 @@ def check_privacy(kit: Path) -> CheckResult:
         return CheckResult("privacy", False, f"{path}: default_scope {default!r} is not one of {sorted(scopes)}")
     for name, scope in scopes.items():
         for entry in scope.get("task_result_filters", []) + scope.get("task_data_filters", []):
-            problem = _unloadable(entry.get("path", ""))
+            problem = _unloadable(entry.get("path", "")) or _unbudgeted(kit, entry.get("path", ""))
             if problem:
                 return CheckResult("privacy", False, f"{path}: scope {name!r}: {problem}")
     return CheckResult("privacy", True, f"scopes {sorted(scopes)}, default {default!r}")
+
+
+def check_he(kit: Path) -> CheckResult:
+    """The kit's HE context, if it has one, is precise enough for model weights (HE jobs refuse it otherwise)."""
+    path = kit / "startup" / CLIENT_CONTEXT_FILE
+    if not path.is_file():
+        return CheckResult("he", True, "no HE context in this kit: HE jobs cannot run here (plain jobs can)")
+    try:
+        error = check_context(load_context(path), str(path))
+    except ValueError as e:
+        return CheckResult("he", False, f"{e}; ask the federation admin to re-provision")
+    return CheckResult("he", True, f"HE context holds this club's key; aggregation error {error:.0e}")
+
+
+def _unbudgeted(kit: Path, class_path: str) -> str | None:
+    """A DP filter needs the club's privacy budget to charge; without one it refuses every round."""
+    if class_path.rsplit(".", 1)[-1] != GaussianUpdateDP.__name__:
+        return None
+    try:
+        config = load_site_config(kit)
+    except (ValueError, OSError) as e:
+        return f"its DP filter needs a readable local/fitfed_site.yaml ({e})"
+    if config is None or config.privacy_budget is None:
+        return (
+            "its DP filter charges a privacy budget, but local/fitfed_site.yaml sets none: add "
+            "privacy_budget: {epsilon: ..., delta: ...} (see provisioning/site_templates/fitfed_site.yaml)"
+        )
+    return None
 
 
 def _unloadable(class_path: str) -> str | None:

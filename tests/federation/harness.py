@@ -88,9 +88,14 @@ class Federation:
     def install_site_templates(self, club: str, data_path: Path) -> None:
         """Drop fitfed's site templates into a club's local/ folder, pointing at its data."""
         local = self.kit(club) / "local"
-        for template in ("privacy.json", "authorization.json"):
+        for template in ("privacy.json", "authorization.json", "resources.json"):
             shutil.copy(SITE_TEMPLATES / template, local / template)
-        (local / "fitfed_site.yaml").write_text(yaml.safe_dump({"data_path": str(data_path)}))
+        self.set_privacy_budget(club, data_path, epsilon=1000.0)
+
+    def set_privacy_budget(self, club: str, data_path: Path, epsilon: float, delta: float = 1e-5) -> None:
+        """Write the club's fitfed_site.yaml: its data, and its privacy budget (read afresh every round)."""
+        site = {"data_path": str(data_path), "privacy_budget": {"epsilon": epsilon, "delta": delta}}
+        (self.kit(club) / "local" / "fitfed_site.yaml").write_text(yaml.safe_dump(site))
 
     def install_server_policy(self, heart_beat_timeout: float = 8.0) -> None:
         """fitfed's authorization policy, a job store of this test's own, and a short heartbeat timeout.

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +27,9 @@ from fitfed.models import ModelConfig, build_model
 from fitfed.preprocessing import SiteSplit, to_site_split
 from fitfed.spec import TaskSpec
 from fitfed.validation import read_site_csv
+
+if TYPE_CHECKING:  # Opacus is the optional "privacy" extra; only DP-SGD jobs need it
+    from fitfed.privacy.dp_sgd import DPTrainer
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ def train(
     round_seed: int,
     fedprox_mu: float | None = None,
     scaffold: PTScaffoldHelper | None = None,
+    dp: DPTrainer | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for one round of local steps.
 
@@ -63,30 +70,31 @@ def train(
         model: the received global model; updated in place.
         data: the site's split.
         config: optimizer, batch size and round length.
-        round_seed: seeds the batch order, so reruns are reproducible.
+        round_seed: seeds the batch order, so reruns are reproducible (DP-SGD draws from ``dp`` instead).
         fedprox_mu: if set, adds FedProx's proximal term towards the received model.
         scaffold: if set, applies SCAFFOLD's control-variate correction after each step.
+        dp: if set, trains with DP-SGD: Poisson batches, per-sample clipping and noise, every step counted.
     """
     global_model = copy.deepcopy(model).requires_grad_(False)
-    optimizer = _make_optimizer(model, config)
     loss_fn = nn.BCEWithLogitsLoss()
-    proximal = PTFedProxLoss(mu=fedprox_mu) if fedprox_mu else None
+    penalty = partial(PTFedProxLoss(mu=fedprox_mu), model, global_model) if fedprox_mu else None
     controls = scaffold.get_params() if scaffold else None
     model.train()
-    losses = []
-    for x, y in _batches(data, config, round_seed):
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        if proximal is not None:
-            loss = loss + proximal(model, global_model)
-        loss.backward()
-        optimizer.step()
-        if scaffold is not None and controls is not None:
-            scaffold.model_update(model, config.learning_rate, *controls)
-        losses.append(loss.item())
+    losses: list[float | None] = []
+    with _round_optimizer(model, config, dp, penalty) as optimizer:
+        for x, y in dp.batches(data) if dp is not None else _batches(data, config, round_seed):
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            if penalty is not None and dp is None:  # under DP-SGD the optimizer adds it after the noise
+                loss = loss + penalty()
+            loss.backward()
+            optimizer.step()
+            if scaffold is not None and controls is not None:
+                scaffold.model_update(model, config.learning_rate, *controls)
+            losses.append(loss.item() if len(y) else None)  # a Poisson batch may be empty
     if scaffold is not None and controls is not None:
         scaffold.terms_update(model, config.learning_rate, *controls, model_global=global_model)
-    return TrainResult(steps=len(losses), loss=float(np.mean(losses)))
+    return TrainResult(steps=len(losses), loss=_mean_loss(losses))
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -101,6 +109,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     if len(np.unique(labels)) == 2:
         metrics["roc_auc"] = float(roc_auc_score(labels, probabilities))
     return metrics
+
+
+def _round_optimizer(
+    model: nn.Module, config: TrainConfig, dp: DPTrainer | None, penalty: Callable[[], torch.Tensor] | None
+) -> AbstractContextManager[torch.optim.Optimizer]:
+    """The round's optimizer; under DP-SGD, made private by Opacus for the round's duration."""
+    optimizer = _make_optimizer(model, config)
+    return dp.attach(model, optimizer, penalty) if dp is not None else nullcontext(optimizer)
+
+
+def _mean_loss(losses: list[float | None]) -> float:
+    """Mean over the steps that had rows (None marks an empty Poisson batch)."""
+    taken = [loss for loss in losses if loss is not None]
+    return float(np.mean(taken)) if taken else math.nan
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

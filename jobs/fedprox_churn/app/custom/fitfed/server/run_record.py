@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey
@@ -23,10 +24,12 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 
 from fitfed.aggregation.summary import REPORT_KEY
 from fitfed.audit import chain_record, last_hash
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig
+from fitfed.privacy.he import encrypted_layers, save_ciphertext_model
 from fitfed.privacy_scope import SCOPE_HEADER
 from fitfed.spec import TaskSpec
 
@@ -110,6 +113,7 @@ class RunRecorder(FLComponent):
             model = FLModelUtils.from_shareable(result)
             record["metrics"] = model.metrics or {}
             record["steps"] = (model.meta or {}).get("NUM_STEPS_CURRENT_ROUND")
+            record["payload"] = _payload(result)
         else:
             record["reason"] = "the site's task failed; see that site's log"
         if accepted:
@@ -169,14 +173,12 @@ class RunRecorder(FLComponent):
         if self._out is None or self._round is None or not checkpoint or not Path(checkpoint).is_file():
             return
         (self._out / ROUNDS_DIR).mkdir(exist_ok=True)
-        torch.save(
-            _plain_state_dict(Path(checkpoint)), self._out / ROUNDS_DIR / f"{FINAL_MODEL}_round_{self._round + 1}.pt"
-        )
+        _save_weights(Path(checkpoint), self._out / ROUNDS_DIR / f"{FINAL_MODEL}_round_{self._round + 1}.pt")
 
     def _write_model(self, checkpoint: Path, name: str, fl_ctx: FLContext) -> None:
-        """Save the persisted weights as a plain state dict plus the sidecar a later user needs."""
+        """Save the persisted weights (a plain state dict, or HE ciphertext) plus the sidecar a later user needs."""
         assert self._out is not None
-        torch.save(_plain_state_dict(checkpoint), self._out / f"{name}.pt")
+        encrypted = _save_weights(checkpoint, self._out / f"{name}.pt")
         config = TrainConfig.model_validate_json(self._config_path.read_text())
         job_meta = fl_ctx.get_prop(FLContextKey.JOB_META) or {}
         sidecar = model_sidecar(
@@ -186,6 +188,8 @@ class RunRecorder(FLComponent):
             rounds=self._rounds_completed,
             sites=sorted(self._sites),
         )
+        if encrypted:
+            sidecar.update(encrypted=True, he={"enabled": True, "scheme": "CKKS"})
         (self._out / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         self.log_info(fl_ctx, f"wrote {self._out / name}.pt and its sidecar")
 
@@ -225,10 +229,29 @@ def _normalisation(spec: TaskSpec) -> dict[str, str]:
     return {"numeric": numeric, "categorical": f"one-hot over the spec's values{dropped}", "boolean": "0/1"}
 
 
-def _plain_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The weights in a FLARE PyTorch checkpoint, as a plain state dict of tensors."""
+def _save_weights(checkpoint: Path, out: Path) -> bool:
+    """Copy a FLARE PyTorch checkpoint's weights to ``out``: a plain state dict, or ciphertext for an HE job.
+
+    Returns:
+        Whether the weights are HE ciphertext (which only a key-holding club can decrypt).
+    """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    return {k: torch.as_tensor(v) for k, v in state.get("model", state).items()}
+    weights = state.get("model", state)
+    layers = encrypted_layers(weights)
+    if layers is not None:
+        save_ciphertext_model(layers, out)
+        return True
+    torch.save({k: torch.as_tensor(v) for k, v in weights.items()}, out)
+    return False
+
+
+def _payload(result: Shareable) -> str:
+    """What the server received from a club: "ckks" ciphertext (HE) or "plain" weights."""
+    try:
+        algorithm = from_shareable(result).get_meta_prop(MetaKey.PROCESSED_ALGORITHM)
+    except ValueError:
+        return "none"
+    return "ckks" if algorithm == HE_ALGORITHM_CKKS else "plain"
 
 
 def _peer_name(fl_ctx: FLContext) -> str:
