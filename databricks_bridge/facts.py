@@ -25,6 +25,8 @@ OFF = "off"
 _TRAIN_PARAMS = ("algorithm", "local_steps", "local_epochs", "batch_size", "optimizer", "learning_rate", "momentum",
                  "seed")  # fmt: skip
 _DP_FIELDS = ("noise_multiplier", "clip_norm", "target_epsilon", "target_delta")
+# Differential-privacy filters a job's configs may name: fitfed's, and FLARE's own.
+_DP_FILTERS = frozenset({"GaussianUpdateDP", "PercentilePrivacy", "SVTPrivacy"})
 _CONTROLLER_PARAMS = {"num_rounds": "num_rounds", "mu": "fedprox_mu"}
 
 
@@ -77,8 +79,11 @@ def dp_settings(job: JobResult) -> dict[str, Any]:
         settings = {f"dp_{k}": dp.get(k) for k in _DP_FIELDS}
         settings["dp_clip_norm"] = settings["dp_clip_norm"] or dp.get("max_grad_norm")
         return {"dp": "on", **settings}
-    filters = [p.rsplit(".", 1)[-1] for p in component_paths(job) if "privacy" in p.lower()]
-    return {"dp": f"on ({', '.join(sorted(set(filters)))})" if filters else OFF}
+    filters = [name for name in (p.rsplit(".", 1)[-1] for p in component_paths(job)) if name in _DP_FILTERS]
+    if filters:
+        return {"dp": f"on ({', '.join(sorted(set(filters)))})"}
+    # A club's strict scope applies DP outside the job's configs; its updates then report their epsilon.
+    return {"dp": "on (club privacy scope)" if epsilon_spent(job.events) is not None else OFF}
 
 
 def aggregator(job: JobResult) -> str:

@@ -12,6 +12,7 @@ import torch
 import yaml
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from databricks_bridge import BridgeSettings, export_job
 from federation.harness import Federation
 from fitfed.audit import verify_chain
 from fitfed.cli import main as fitfed_main
@@ -110,6 +111,20 @@ def test_decrypted_he_model_equals_plaintext_fedavg(federation: Federation, runs
     sidecar = json.loads((he_record / "decrypted_global_model.json").read_text())
     assert sidecar["encrypted"] is False and sidecar["decrypted_by"] == "club_02"
     assert len(sidecar["decrypted_from_sha256"]) == 64
+
+
+def test_bridge_registers_the_clubs_decrypted_model_never_the_ciphertext(
+    federation: Federation, runs: dict[str, tuple[dict, Path]], tmp_path: Path
+):
+    # Setup: a club decrypts the final model (as in the test above; decrypting again rewrites the same files)
+    _, record = runs["he"]
+    assert fitfed_main(["he", "decrypt", str(record.parent), "--kit", str(federation.kit("club_01"))]) == 0
+
+    # Execute
+    exported = export_job(record.parent, BridgeSettings(state_dir=tmp_path / "lakehouse"))
+
+    # Assert: version 1 is the decrypted model, said to be so
+    assert exported.model_version == "1" and exported.model_note == "decrypted by key-holding club 'club_01'"
 
 
 def _independent_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
