@@ -1,6 +1,11 @@
 """What privacy costs: per-round time and bytes per update, and accuracy under DP-SGD at epsilon 1, 3 and 8.
 
-Two parts, written to ``benchmarks/results/privacy.{json,md}``:
+Three parts, written to ``benchmarks/results/privacy.{json,md}``:
+
+- **rounds**: the demo churn job (3 synthetic clubs) on a real federation on localhost: a provisioned
+  server and three clubs as processes (the test suite's harness), run plain, in the clubs' ``strict``
+  scope (update-level DP), with DP-SGD, and with HE. Reported: median seconds per round (rounds after the
+  first, which includes start-up), as a ratio to plain in the same run.
 
 - **cost**: one round of the demo churn job (3 synthetic clubs, MLP with 32 hidden units, one epoch of
   Adam) computed in this process for four set-ups: plain, update-level DP (the ``strict`` scope's filter),
@@ -40,17 +45,19 @@ from fitfed.client import state_dict_of, train_round
 from fitfed.config import DPSGDConfig, TrainConfig
 from fitfed.datasets.churn import write_clubs
 from fitfed.datasets.heart_disease import write_sites
-from fitfed.jobs import load_job_module
+from fitfed.jobs import build_recipe, export_into, load_job_module
 from fitfed.models import ModelConfig
 from fitfed.preprocessing import SiteSplit
 from fitfed.privacy.accounting import epsilon_spent
 from fitfed.privacy.dp_sgd import DPTrainer
 from fitfed.privacy.update_dp import privatize
+from fitfed.report import find_record_dir
 from fitfed.spec import load_spec
 from fitfed.task import evaluate, load_site_data, make_model
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+JOBS_DIR = REPO / "jobs"
 SETUPS = ("plain", "dp_filter", "dp_sgd", "he")
 HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")
 DELTA = 1e-5
@@ -61,6 +68,7 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    federation_rounds: int = Field(default=6, ge=2)
     cost_rounds: int = Field(default=10, ge=1)
     epsilons: list[float] = [1.0, 3.0, 8.0]
     seeds: list[int] = [0, 1, 2, 3, 4]
@@ -149,6 +157,46 @@ def run_cost(settings: BenchSettings, data_dir: Path) -> dict[str, dict[str, flo
     return out
 
 
+def run_federation_rounds(settings: BenchSettings, root: Path) -> dict[str, dict[str, float]]:
+    """Seconds per round of the demo job on real processes, for each set-up, with ratios to plain."""
+    sys.path.insert(0, str(REPO / "tests"))  # the test suite's local federation: kits, processes, clean stop
+    from federation.conftest import running_federation
+
+    base = load_job_module(JOBS_DIR / "fedavg_churn.py")
+    jobs = {
+        "plain": (base, {}, None),
+        "dp_filter": (base, {}, "strict"),
+        "dp_sgd": (base, {"dp": DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0)}, None),
+        "he": (load_job_module(JOBS_DIR / "fedavg_he_churn.py"), {}, None),
+    }
+    out: dict[str, dict[str, float]] = {}
+    (root / "federation").mkdir()
+    with running_federation(root / "federation") as federation, federation.session("lead@fed.example") as session:
+        for setup, (module, train_update, scope) in jobs.items():
+            settings_ = module.SETTINGS.model_copy(
+                update={
+                    "num_rounds": settings.federation_rounds,
+                    "train": module.SETTINGS.train.model_copy(update=train_update),
+                }
+            )
+            folder = export_into(build_recipe(module, settings_), root / "jobs" / setup)
+            if scope:
+                meta = json.loads((folder / "meta.json").read_text())
+                (folder / "meta.json").write_text(json.dumps({**meta, "scope": scope}))
+            job_id = session.submit_job(str(folder))
+            status = session.wait_for_job(job_id, timeout=600, poll_interval=1.0)["status"]
+            result = Path(session.download_job_result(job_id, str(root / "results" / setup)))
+            events = [json.loads(line) for line in (find_record_dir(result) / "events.jsonl").read_text().splitlines()]
+            started = {e["round"]: e["time"] for e in events if e["event"] == "round_started"}
+            seconds = [e["time"] - started[e["round"]] for e in events
+                       if e["event"] == "round_completed" and e["round"] in started and e["round"] > 0]  # fmt: skip
+            out[setup] = {"status": status, "seconds_per_round": statistics.median(seconds), "rounds": len(seconds)}
+            print(f"federation {setup}: {status}, {out[setup]['seconds_per_round']:.2f} s per round", flush=True)
+    for row in out.values():
+        row["time_ratio"] = row["seconds_per_round"] / out["plain"]["seconds_per_round"]
+    return out
+
+
 def heart_config(settings: BenchSettings, seed: int, dp: DPSGDConfig | None) -> TrainConfig:
     """FLamby-style Fed-Heart-Disease training (logistic regression, SGD), with DP-SGD when ``dp`` is set."""
     return TrainConfig(task=load_spec("heart_disease"), model=ModelConfig(name="logreg"), algorithm="fedavg",
@@ -228,7 +276,13 @@ def markdown(payload: dict[str, Any]) -> str:
         "# Privacy benchmark", "",
         f"Generated by `{payload['command']}` in {payload['wall_seconds']:.0f} s on {m['cpu']} ({m['cores']} cores); "
         f"Python {m['python']}, torch {m['torch']}, NVFlare {m['nvflare']}.", "",
-        "## Cost per round (demo churn job, 3 clubs, computed in one process)", "",
+        "## Seconds per round on a real federation (demo churn job, server and 3 clubs as processes)", "",
+        "| set-up | seconds / round | × plain | job status |", "|---|---|---|---|",
+        *[f"| {k} | {r['seconds_per_round']:.2f} | {r['time_ratio']:.2f} | {r['status']} |"
+          for k, r in payload["federation"].items()],
+        "", f"Median over rounds 2 to {s['federation_rounds']} (round 1 includes start-up), FLARE's default task "
+        "polling. dp_filter is the plain job run in the clubs' `strict` scope (clip 1.0, noise 1.0).", "",
+        "## Compute per round (the same job, 3 clubs, computed in one process, no FLARE)", "",
         "| set-up | seconds / round | × plain | bytes / update | × plain |", "|---|---|---|---|---|",
     ]  # fmt: skip
     for setup, row in payload["cost"].items():
@@ -252,10 +306,12 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both parts and write the results."""
+    """Run every part and write the results."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.privacy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     defaults = BenchSettings()
+    parser.add_argument("--federation-rounds", type=int, default=defaults.federation_rounds)
+    parser.add_argument("--no-federation", action="store_true", help="skip the real-process part (smoke tests)")
     parser.add_argument("--cost-rounds", type=int, default=defaults.cost_rounds)
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--local-steps", type=int, default=defaults.local_steps)
@@ -263,16 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilons", type=float, nargs="+", default=defaults.epsilons)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for privacy.json and privacy.md")
     args = parser.parse_args(argv)
-    settings = BenchSettings(cost_rounds=args.cost_rounds, rounds=args.rounds, local_steps=args.local_steps,
+    settings = BenchSettings(federation_rounds=args.federation_rounds,
+                             cost_rounds=args.cost_rounds, rounds=args.rounds, local_steps=args.local_steps,
                              seeds=args.seeds, epsilons=args.epsilons)  # fmt: skip
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fitfed-bench-") as tmp:
+        federation = {} if args.no_federation else run_federation_rounds(settings, Path(tmp))
         cost = run_cost(settings, Path(tmp) / "clubs")
         runs = run_accuracy(settings, Path(tmp) / "heart")
     payload = {
         "benchmark": "privacy", "command": " ".join(["python -m benchmarks.privacy", *(argv or sys.argv[1:])]),
         "machine": machine(), "settings": settings.model_dump(), "wall_seconds": round(time.perf_counter() - start, 1),
-        "cost": cost, "accuracy_summary": summarize(runs), "accuracy_runs": runs,
+        "federation": federation, "cost": cost, "accuracy_summary": summarize(runs), "accuracy_runs": runs,
         "dp_filter_epsilon_per_round": epsilon_spent(1.0, 1.0, 1, DELTA),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
