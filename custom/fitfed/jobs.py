@@ -192,7 +192,23 @@ def compare_export(recipe: Recipe, jobs_dir: Path) -> list[str]:
 def _export(recipe: Recipe, root: Path) -> Path:
     with _scripts_resolvable():
         recipe.export(str(root))
+    for config in (root / recipe.name).rglob("config_fed_*.json"):
+        _sort_task_lists(config)
     return root / recipe.name
+
+
+def _sort_task_lists(config: Path) -> None:
+    """FLARE writes a filter's task names from a set, in hash order; sorted, an export is the same every time."""
+
+    def sort(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: sorted(v) if k == "tasks" and isinstance(v, list) else sort(v) for k, v in node.items()}
+        return [sort(v) for v in node] if isinstance(node, list) else node
+
+    original = json.loads(config.read_text())
+    ordered = sort(original)
+    if ordered != original:
+        config.write_text(json.dumps(ordered, indent=4))
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
