@@ -116,11 +116,10 @@ class JobSettings(BaseModel):
 def recipe_args(settings: JobSettings) -> dict[str, Any]:
     """The arguments every fitfed recipe shares: model, rounds, fitfed's client script (and any robust aggregator)."""
     spec = settings.train.task
-    extra = _update_args(settings)
-    if settings.aggregator is not None:
-        extra = robust_recipe_args(settings.aggregator, settings.updates_needed)
+    robust = {} if settings.aggregator is None else robust_recipe_args(settings.aggregator, settings.updates_needed)
     return {
-        **extra,
+        **_update_args(settings),
+        **robust,
         "name": settings.name,
         "model": make_model(settings.train.model, len(spec.encoded_feature_names()), seed=settings.train.seed),
         "min_clients": settings.min_clients,
