@@ -15,6 +15,7 @@ the club, and the server adds ciphertexts without a secret key. Two things FLARE
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,8 @@ def decrypt_global_model(ciphertext: Path, sidecar_path: Path, context: ts.Conte
             "this TenSEAL context holds no secret key (the server's never does): decrypt with a club's kit, "
             f"startup/{CLIENT_CONTEXT_FILE}"
         )
-    stored = torch.load(ciphertext, map_location="cpu", weights_only=True)
+    raw = ciphertext.read_bytes()  # hash exactly the bytes that are decrypted
+    stored = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if not isinstance(stored, dict) or stored.get("format") != CIPHERTEXT_FORMAT:
         raise ValueError(f"{ciphertext}: not an encrypted fitfed model (expected format {CIPHERTEXT_FORMAT})")
     sidecar = json.loads(sidecar_path.read_text())
@@ -200,7 +202,7 @@ def decrypt_global_model(ciphertext: Path, sidecar_path: Path, context: ts.Conte
         state[name] = torch.tensor(values[: reference.numel()], dtype=reference.dtype).reshape(reference.shape)
     out = ciphertext.with_name(f"{DECRYPTED_MODEL}.pt")
     torch.save(state, out)
-    source = hashlib.sha256(ciphertext.read_bytes()).hexdigest()
+    source = hashlib.sha256(raw).hexdigest()
     decrypted_sidecar = {**sidecar, "encrypted": False, "decrypted_by": club, "decrypted_from_sha256": source}
     decrypted_sidecar.pop("he", None)
     sidecar_out = out.with_suffix(".json")
