@@ -40,7 +40,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from opacus.accountants.utils import get_noise_multiplier
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.robustness import machine
+from benchmarks.run_info import machine
 from fitfed.client import state_dict_of, train_round
 from fitfed.config import DPSGDConfig, TrainConfig
 from fitfed.datasets.churn import write_clubs

@@ -20,7 +20,6 @@ import functools
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import nvflare
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from attack_harness.poison import AttackConfig
 from benchmarks.federation import Club, run_federation
 from benchmarks.report import markdown
+from benchmarks.run_info import machine
 from benchmarks.splits import Hospital, split_hospitals
 from fitfed.aggregation.config import parse_aggregator
 from fitfed.aggregation.summary import club_records
@@ -168,22 +167,6 @@ def check_targets(summary: dict[str, dict[str, dict[str, float]]]) -> list[dict[
             checks.append({"method": method, "target": "within 0.02 of FedAvg with no attack",
                            "value": gap, "met": gap <= 0.02})  # fmt: skip
     return checks
-
-
-def machine() -> dict[str, Any]:
-    """Where the benchmark ran."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "nvflare": nvflare.__version__,
-        "numpy": np.__version__,
-    }  # fmt: skip
 
 
 def write_results(out_dir: Path, payload: dict[str, Any]) -> tuple[Path, Path]:

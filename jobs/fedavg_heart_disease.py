@@ -1,7 +1,7 @@
 """FedAvg of logistic regression on the real UCI four-hospital data, with FLamby's Fed-Heart-Disease settings.
 
-FLamby: 15 rounds of 100 local SGD steps, batch 4, client learning rate 0.001. Sites are the
-four hospitals written by `fitfed data heart`.
+FLamby: 15 rounds of 100 local SGD steps, batch 4, client learning rate 0.001, updates weighted by
+each hospital's training rows. Sites are the four hospitals written by `fitfed data heart`.
 """
 
 from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -24,6 +24,7 @@ SETTINGS = JobSettings(
         batch_size=4,
         optimizer="sgd",
         learning_rate=0.001,
+        weight_by="rows",
     ),
 )
 

@@ -3,8 +3,10 @@ import re
 
 import pytest
 import torch
+from nvflare.app_common.abstract.fl_model import FLModel
 from pydantic import ValidationError
 
+from fitfed.client import state_dict_of, train_round
 from fitfed.config import TrainConfig
 from fitfed.datasets.heart_disease import write_sites
 from fitfed.models import LogisticRegression, ModelConfig
@@ -230,3 +232,16 @@ def test_load_site_data_validates_and_encodes_a_site_csv(tmp_path):
 
     # Assert
     assert (data.x_train.shape, data.x_test.shape) == ((30, 13), (16, 13))
+
+
+@pytest.mark.parametrize(("weight_by", "expected"), [("steps", 3), ("rows", 10)])
+def test_update_weight_is_local_steps_or_training_rows(weight_by, expected):
+    # Prepare: 10 training rows, 3 local steps
+    model = _logreg(0.0, 0.0)
+    received = FLModel(params=state_dict_of(model), current_round=0)
+
+    # Execute
+    sent = train_round(model, _separable(10), _config(local_steps=3, weight_by=weight_by), received, scaffold=None)
+
+    # Assert: the key FLARE's aggregators weigh by carries the chosen weight
+    assert sent.meta["NUM_STEPS_CURRENT_ROUND"] == expected

@@ -22,6 +22,8 @@ examples:
   fitfed report workspace/fedavg_churn          show a finished run's per-round table
   fitfed export workspace/fedavg_churn          export a job to MLflow and the audit table (local lakehouse)
   fitfed he decrypt DOWNLOAD --kit club_01      decrypt an HE job's final model with a club's key
+  fitfed bench heart_disease                    run a benchmark; results in benchmarks/results/ (`fitfed bench`
+                                                lists them)
 """
 
 
@@ -65,7 +67,32 @@ def _parser() -> argparse.ArgumentParser:
     _add_job_commands(commands)
     _add_federation_commands(commands)
     _add_export_commands(commands)
+    _add_bench_command(commands)
     return parser
+
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="run a named benchmark from a source checkout (results in benchmarks/results/)",
+        description="Runs benchmarks/NAME.py from the fitfed checkout this command is installed from, which writes "
+        "benchmarks/results/NAME.json and NAME.md. Without NAME, lists the benchmarks; NAME --help shows its options.",
+        add_help=False,
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="NAME and its options")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "benchmarks" / "__main__.py").is_file():
+        raise UserError(
+            "fitfed bench runs from a source checkout: benchmarks/ is not installed with the package. "
+            "Clone the repository and run `make bench` there."
+        )
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args.args], cwd=checkout, check=False).returncode
 
 
 def _add_export_commands(commands: argparse._SubParsersAction) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from nvflare.apis.dxo import DataKind
 from nvflare.apis.job_def import SERVER_SITE_NAME
@@ -36,6 +36,7 @@ from fitfed.aggregation.config import AggregatorConfig, check_feasible, refuse_w
 from fitfed.config import DATA_ENV_VAR, TRAIN_CONFIG_FILE, TrainConfig
 from fitfed.privacy.he import HEContextCheck
 from fitfed.server.final_eval import FinalModelEval
+from fitfed.server.optimizers import Yogi
 from fitfed.server.run_record import RunRecorder
 from fitfed.task import make_model
 
@@ -43,6 +44,30 @@ from fitfed.task import make_model
 # job says "fitfed/client.py" (found in the app's custom/ folder at any site), never a path on this machine.
 _PACKAGE_PARENT = Path(client_module.__file__).resolve().parent.parent
 _CLIENT_SCRIPT = "fitfed/client.py"
+_SERVER_OPTIMIZERS = "fitfed/server/optimizers.py"
+
+
+class ServerOptimizer(BaseModel):
+    """FedOpt's server rule (Reddi et al. 2021): FedAdam with torch's Adam, FedYogi with fitfed's Yogi.
+
+    Args:
+        name: "adam" or "yogi".
+        lr: the server learning rate (eta).
+        betas: decay of the first and second moments.
+        eps: the adaptivity tau, added to the root of the second moment.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["adam", "yogi"] = "adam"
+    lr: float = Field(gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(default=1e-8, gt=0)
+
+    def recipe_arg(self) -> dict[str, Any]:
+        """The ``optimizer_args`` FLARE's FedOptRecipe takes: a class path and its arguments."""
+        path = "torch.optim.Adam" if self.name == "adam" else f"{Yogi.__module__}.{Yogi.__name__}"
+        return {"path": path, "args": {"lr": self.lr, "betas": list(self.betas), "eps": self.eps}}
 
 
 class JobSettings(BaseModel):
@@ -57,7 +82,7 @@ class JobSettings(BaseModel):
             whose task fails (bad data, crash) is left out of that round while this many remain.
         train: how each site trains (task spec, model, algorithm, optimizer).
         fedprox_mu: FedProx's proximal weight (algorithm "fedprox" only).
-        server_lr: FedOpt's server learning rate (algorithm "fedopt" only).
+        server_optimizer: FedOpt's server optimizer (algorithm "fedopt" only, where it is required).
         aggregator: a robust aggregator (see docs/robust-aggregation.md; "fedavg" and "fedprox" only);
             checked against min_updates (or min_clients).
         he: encrypt every club's update with CKKS before it leaves the club (FLARE's ``FedAvgRecipeWithHE``);
@@ -76,7 +101,7 @@ class JobSettings(BaseModel):
     min_updates: int | None = Field(default=None, ge=1)
     train: TrainConfig
     fedprox_mu: float | None = Field(default=None, gt=0)
-    server_lr: float | None = Field(default=None, gt=0)
+    server_optimizer: ServerOptimizer | None = None
     aggregator: AggregatorConfig | None = None
     he: bool = False
 
@@ -92,9 +117,9 @@ class JobSettings(BaseModel):
             raise ValueError(f"min_updates={self.min_updates!r} cannot exceed min_clients={self.min_clients!r}")
         if (self.fedprox_mu is not None) != (algorithm == "fedprox"):
             raise ValueError(f"fedprox_mu={self.fedprox_mu!r} must be set exactly when train.algorithm='fedprox'")
-        if self.server_lr is not None and algorithm != "fedopt":
+        if (self.server_optimizer is not None) != (algorithm == "fedopt"):
             raise ValueError(
-                f"server_lr={self.server_lr!r} applies only to train.algorithm='fedopt', not {algorithm!r}"
+                f"server_optimizer must be set exactly when train.algorithm='fedopt' (algorithm is {algorithm!r})"
             )
         if self.aggregator is not None:
             if algorithm not in ("fedavg", "fedprox"):
@@ -154,6 +179,9 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
     job.add_file_to_clients(str(config_file), app_folder_type="config")
     job.add_file_to_server(str(config_file), app_folder_type="config")
     _every_club_every_round(job)
+    if settings.server_optimizer is not None and settings.server_optimizer.name == "yogi":
+        with _scripts_resolvable():  # named by class path only, so FLARE would not ship it with the job
+            job.to_server(_SERVER_OPTIMIZERS)
     job.to_server(RunRecorder(min_updates=settings.updates_needed), id="fitfed_recorder")
     if settings.he:
         job.to_clients(HEContextCheck(), id="fitfed_he_check")

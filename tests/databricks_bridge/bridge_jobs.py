@@ -114,7 +114,7 @@ def _events(rounds: int, clubs: tuple[str, ...], finished: bool, quality: float,
         events.append({"time": next(clock), "event": "round_started", "round": r})
         for i, club in enumerate(clubs):
             events.append({"time": next(clock), "event": "site_update", "round": r, "site": club, "accepted": True,
-                           "metrics": _metrics(r, i, quality), "steps": 10})  # fmt: skip
+                           "metrics": _metrics(r, i, quality), "weight": 10})  # fmt: skip
         events.append({"time": next(clock), "event": "round_completed", "round": r, "sites": sorted(clubs)})
     if finished:
         for model in ("SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"):

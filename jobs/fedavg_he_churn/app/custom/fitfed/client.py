@@ -100,7 +100,9 @@ def train_round(model: nn.Module, data: SiteSplit, config: TrainConfig, received
             raise
     round_seed = config.seed * 100_003 + (received.current_round or 0)
     result = train(model, data, config, round_seed=round_seed, fedprox_mu=fedprox_mu, scaffold=scaffold, dp=dp)
-    meta: dict[str, object] = {"NUM_STEPS_CURRENT_ROUND": result.steps, "train_loss": result.loss}
+    # FLARE's aggregators weigh each update by this key; "rows" makes that the site's training rows.
+    weight = result.steps if config.weight_by == "steps" else len(data.y_train)
+    meta: dict[str, object] = {"NUM_STEPS_CURRENT_ROUND": weight, "train_loss": result.loss}
     if scaffold is not None:
         # As tensors: the helper returns numpy arrays, which end up in the server's checkpoint meta
         # and make it unloadable with torch.load(weights_only=True).

@@ -23,6 +23,7 @@ DATA_ENV_VAR = "FITFED_DATA"
 
 Algorithm = Literal["fedavg", "fedprox", "scaffold", "fedopt"]
 Accountant = Literal["rdp", "prv"]
+WeightBy = Literal["steps", "rows"]
 
 
 class DPSGDConfig(BaseModel):
@@ -57,6 +58,9 @@ class TrainConfig(BaseModel):
         learning_rate: the optimizer's step size.
         momentum: SGD momentum (ignored by Adam).
         seed: seeds batch order and model initialisation at every site.
+        weight_by: what a site's update weighs in the server's average: "steps" (FLARE's default, the
+            optimizer steps it took) or "rows" (its training rows, as in McMahan et al. and FLamby). With
+            ``local_steps`` every site takes the same steps, so "steps" is an unweighted mean.
         dp: if set, every site trains with DP-SGD (see :mod:`fitfed.privacy.dp_sgd`).
     """
 
@@ -72,6 +76,7 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     seed: int = 0
+    weight_by: WeightBy = "steps"
     dp: DPSGDConfig | None = None
 
     @model_validator(mode="after")

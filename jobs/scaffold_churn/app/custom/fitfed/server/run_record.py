@@ -112,7 +112,7 @@ class RunRecorder(FLComponent):
             record["privacy_scope"] = result.get_header(SCOPE_HEADER)  # None: the club applied no fitfed scope
             model = FLModelUtils.from_shareable(result)
             record["metrics"] = model.metrics or {}
-            record["steps"] = (model.meta or {}).get("NUM_STEPS_CURRENT_ROUND")
+            record["weight"] = (model.meta or {}).get("NUM_STEPS_CURRENT_ROUND")  # steps, or rows (weight_by)
             record["payload"] = _payload(result)
         else:
             record["reason"] = "the site's task failed; see that site's log"
