@@ -28,6 +28,7 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network here; Flower's exit would wait on it
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; there is no GPU
 
 import argparse
 import json
@@ -61,19 +62,18 @@ from fitfed.task import evaluate, load_site_data, make_model
 
 WEIGHT_KEY = "num-examples"  # FedAvg's weighting key: the site's training rows (its test rows when evaluating)
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-logger = logging.getLogger("benchmarks.flower_rounds")
-
+# Each Ray actor is a Python process that imports torch, NVFlare's client and Flower: 20 of them took about 5 GB.
+ACTOR_MEMORY_BYTES = 300 * 2**20
 
 # ---------------------------------------------------------------------------------------------------------------
 # Client side: runs in Ray's actor processes. This module must be imported there as ``benchmarks.flower_rounds``
-# (not ``__main__``), so the per-process site cache below lives across rounds; see the ``__main__`` block.
+# (not ``__main__``), so the per-process cache of sites below lives across rounds; see the ``__main__`` block.
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Site:
-    """One client's data and model, loaded once per actor process, as a FLARE client loads them once per job."""
+    """One client's data, model and training settings."""
 
     data: SiteSplit
     model: torch.nn.Module
@@ -101,27 +101,36 @@ def client_csvs(data_dir: Path) -> list[Path]:
 
 
 @cache
-def load_site(
-    data_dir: str, partition: int, task: str, local_steps: int, batch_size: int, lr: float, seed: int
-) -> Site:
-    """Load and cache one client's data and model in this process."""
+def load_sites(
+    data_dir: str, num_sites: int, task: str, local_steps: int, batch_size: int, lr: float, seed: int
+) -> tuple[Site, ...]:
+    """Load every client's data and model, once per process.
+
+    Ray hands each node's message to whichever actor is idle, so an actor plays different sites in different
+    rounds. Each actor therefore loads them all on its first message (in round 1): later rounds never load data,
+    as a FLARE client loads its own once per job.
+    """
     config = train_config(task, local_steps, batch_size, lr, seed)
-    data = load_site_data(client_csvs(Path(data_dir))[partition], config.task)
-    return Site(data=data, model=make_model(config.model, data.num_features, seed=seed), config=config)
+    sites = []
+    for path in client_csvs(Path(data_dir))[:num_sites]:
+        data = load_site_data(path, config.task)
+        sites.append(Site(data=data, model=make_model(config.model, data.num_features, seed=seed), config=config))
+    return tuple(sites)
 
 
 def site_for(message: Message, context: Context) -> Site:
     """The site this message's node plays, with the received global model loaded into its model."""
     settings = message.content["config"]
-    site = load_site(
+    sites = load_sites(
         str(settings["data-dir"]),
-        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
         str(settings["task"]),
         int(settings["local-steps"]),
         int(settings["batch-size"]),
         float(settings["lr"]),
         int(settings["seed"]),
     )
+    site = sites[int(context.node_config["partition-id"])]
     site.model.load_state_dict(message.content["arrays"].to_torch_state_dict())
     return site
 
@@ -212,9 +221,10 @@ class TimedFedAvg(FedAvg):
         replies = list(replies)
         failed = [reply for reply in replies if reply.has_error()]
         if len(replies) - len(failed) < self.num_clients:
-            reasons = "; ".join(reply.error.reason for reply in failed[:3])
+            first = failed[0].error.reason.strip().splitlines()[-1] if failed else "no reply"
             raise RuntimeError(
-                f"round {server_round}: {len(replies) - len(failed)} of {self.num_clients} clients replied ({reasons})"
+                f"round {server_round}: {len(replies) - len(failed)} of {self.num_clients} clients replied; first "
+                f"failure: {first}"
             )
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.timings.round_seconds.append(time.perf_counter() - self._round_started)
@@ -266,7 +276,7 @@ def client_resources(num_cpus: int, actors: int) -> dict[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.flower_rounds", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of <client>.csv files (fitfed data synth)")
     parser.add_argument("--clients", type=int, required=True, help="number of clients; uses the first N CSVs by name")
     parser.add_argument("--rounds", type=int, required=True)
@@ -289,6 +299,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     found = len(client_csvs(args.data))
     if found < args.clients:
         parser.error(f"{args.data} has {found} CSV files, fewer than --clients {args.clients}")
+    if args.actors is None:  # one actor per client, if that fits: an explicit --actors is taken as given
+        fits = psutil.virtual_memory().available // ACTOR_MEMORY_BYTES
+        if args.clients > fits:
+            parser.error(
+                f"{args.clients} clients at once need {args.clients} Ray actors, about "
+                f"{args.clients * ACTOR_MEMORY_BYTES / 2**30:.0f} GiB, and only {fits} fit in the memory available "
+                f"now: pass --actors K (K <= {fits}; on 2 CPUs, 2 actors ran rounds as fast as 20)"
+            )
+    elif args.actors < 1:
+        parser.error("--actors must be at least 1")
     return args
 
 
@@ -370,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 if __name__ == "__main__":
     # Run the importable copy of this module, not ``__main__``: Ray pickles the ClientApp's functions by reference
-    # only when their module can be imported in its workers, which also keeps load_site's cache across rounds there.
+    # only when their module can be imported in its workers, which also keeps load_sites' cache across rounds there.
     from benchmarks.flower_rounds import main as _main
 
     _main()

@@ -253,12 +253,15 @@ def _tree(folder: Path) -> dict[str, bytes]:
     }
 
 
-def simulate(recipe: Recipe, *, data_dir: Path, sites: list[str], workspace: Path) -> Path:
-    """Run the job in NVFlare's simulator, one site per CSV in ``data_dir``; returns the job's workspace."""
+def simulate(recipe: Recipe, *, data_dir: Path, sites: list[str], workspace: Path, threads: int | None = None) -> Path:
+    """Run the job in NVFlare's simulator, one site per CSV in ``data_dir``; returns the job's workspace.
+
+    ``threads`` is how many sites train at once (default: all); each is a process of a few hundred MB.
+    """
     workspace.mkdir(parents=True, exist_ok=True)
     env = SimEnv(
         clients=sites,
-        num_threads=len(sites),
+        num_threads=threads or len(sites),
         workspace_root=str(workspace.resolve()),
         log_config=str(_errors_only_on_console(workspace)),
     )
