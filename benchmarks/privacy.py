@@ -12,13 +12,13 @@ Three parts, written to ``benchmarks/results/privacy.{json,md}``:
   DP-SGD (Opacus) and HE (CKKS with FLARE's default parameters: each club encrypts its weighted update,
   the server adds ciphertexts, each club decrypts the new global model). Reported: seconds per round
   (median over rounds) and bytes per club update, each as a ratio to plain measured in the same run.
-  FLARE's task polling (about 2.5 s per round by default) comes on top in a real federation and is the
+  FLARE's polling (about 0.25 s per round with fitfed's round timing) comes on top in a real federation and is the
   same for every set-up, so these ratios are the upper bound of what privacy adds to a real round.
 - **accuracy**: FLamby's Fed-Heart-Disease task (real four-hospital data, logistic regression), FedAvg in
   this process with DP-SGD at each hospital, for target epsilon 1, 3 and 8 at delta 1e-5 over the whole
   job (every step counted by Opacus's RDP accountant), against no DP; mean-over-hospitals accuracy.
 
-Run: ``python -m benchmarks.privacy`` (about 10 minutes on 2 cores).
+Run: ``fitfed bench privacy`` (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from opacus.accountants.utils import get_noise_multiplier
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.run_info import machine
+from benchmarks.run_info import command, machine
 from fitfed.client import state_dict_of, train_round
 from fitfed.config import DPSGDConfig, TrainConfig
 from fitfed.datasets.churn import write_clubs
@@ -280,8 +280,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "| set-up | seconds / round | × plain | job status |", "|---|---|---|---|",
         *[f"| {k} | {r['seconds_per_round']:.2f} | {r['time_ratio']:.2f} | {r['status']} |"
           for k, r in payload["federation"].items()],
-        "", f"Median over rounds 2 to {s['federation_rounds']} (round 1 includes start-up), FLARE's default task "
-        "polling. dp_filter is the plain job run in the clubs' `strict` scope (clip 1.0, noise 1.0).", "",
+        "", f"Median over rounds 2 to {s['federation_rounds']} (round 1 includes start-up), with fitfed's "
+        "round timing (docs/round-timing.md). dp_filter is the plain job run in the clubs' `strict` scope "
+        "(clip 1.0, noise 1.0).", "",
         "## Compute per round (the same job, 3 clubs, computed in one process, no FLARE)", "",
         "| set-up | seconds / round | × plain | bytes / update | × plain |", "|---|---|---|---|---|",
     ]  # fmt: skip
@@ -291,7 +292,8 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += [
         "", f"Median over {s['cost_rounds']} rounds after a warm-up round. "
         "Targets: HE at most 1.5× plain per round, DP-SGD at most 2×. "
-        "FLARE's task polling (about 2.5 s per round by default) is added to every set-up in a real federation.", "",
+        "FLARE's polling (about 0.25 s per round with fitfed's round timing) is added to every set-up in a real "
+        "federation.", "",
         "## Accuracy under DP-SGD (heart_disease, 4 real hospitals)", "",
         f"FedAvg, logistic regression, {s['rounds']} rounds of {s['local_steps']} local steps "
         f"(batch {s['batch_size']}, lr {s['learning_rate']}), clip {s['max_grad_norm']}; each hospital's noise "
@@ -307,7 +309,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every part and write the results."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.privacy", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fitfed bench privacy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     defaults = BenchSettings()
     parser.add_argument("--federation-rounds", type=int, default=defaults.federation_rounds)
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         cost = run_cost(settings, Path(tmp) / "clubs")
         runs = run_accuracy(settings, Path(tmp) / "heart")
     payload = {
-        "benchmark": "privacy", "command": " ".join(["python -m benchmarks.privacy", *(argv or sys.argv[1:])]),
+        "benchmark": "privacy", "command": command("privacy", argv),
         "machine": machine(), "settings": settings.model_dump(), "wall_seconds": round(time.perf_counter() - start, 1),
         "federation": federation, "cost": cost, "accuracy_summary": summarize(runs), "accuracy_runs": runs,
         "dp_filter_epsilon_per_round": epsilon_spent(1.0, 1.0, 1, DELTA),

@@ -9,8 +9,8 @@ code, run in one process (:mod:`benchmarks.federation`).
 
 Run from the repository root (about 9 minutes on 2 cores)::
 
-    python -m benchmarks.robustness                      # writes benchmarks/results/robustness.{json,md}
-    python -m benchmarks.robustness --rounds 2 --seeds 0 --local-steps 2 --out /tmp/smoke   # a quick check
+    fitfed bench robustness                              # writes benchmarks/results/robustness.{json,md}
+    fitfed bench robustness --rounds 2 --seeds 0 --local-steps 2 --out /tmp/smoke   # a quick check
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from attack_harness.poison import AttackConfig
 from benchmarks.federation import Club, run_federation
 from benchmarks.report import markdown
-from benchmarks.run_info import machine
+from benchmarks.run_info import command, machine
 from benchmarks.splits import Hospital, split_hospitals
 from fitfed.aggregation.config import parse_aggregator
 from fitfed.aggregation.summary import club_records
@@ -179,7 +179,7 @@ def write_results(out_dir: Path, payload: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.robustness", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fitfed bench robustness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     defaults = BenchSettings()
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(settings, Path(tmp), args.workers)
     summary = summarize(settings, results)
     payload = {
-        "benchmark": "robustness", "command": " ".join(["python -m benchmarks.robustness", *(argv or sys.argv[1:])]),
+        "benchmark": "robustness", "command": command("robustness", argv),
         "machine": {**machine(), "workers": args.workers, "load_average_before_after": [load_before, os.getloadavg()]},
         "settings": settings.model_dump(),
         "methods": {m: METHODS[m] for m in settings.methods}, "attacks": {a: ATTACKS[a] for a in settings.attacks},
