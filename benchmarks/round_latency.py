@@ -160,7 +160,7 @@ def markdown(payload: dict[str, Any]) -> str:
             if row is None:
                 cells.append("")
             elif "skipped" in row:
-                cells.append(f"does not fit ({row['skipped']})")
+                cells.append(f"does not fit: {row['skipped']}")
             else:
                 ratio = payload["ratios"].get(timing, {}).get(str(n))
                 cells.append(f"{row['seconds_per_round']:.3f}" + (f" ({ratio:.2f}× Flower)" if ratio else ""))
