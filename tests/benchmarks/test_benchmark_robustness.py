@@ -40,7 +40,7 @@ def test_smoke_run_writes_json_and_a_markdown_table(tmp_path: Path):
     assert "| attack | FedAvg | Krum |" in accuracy
     assert accuracy.count("\n| none | ") == 1 and accuracy.count("\n| sign_flip_x10 | ") == 1
     assert "## Per hospital" in page and "## Cost" in page and "## Targets" in page
-    assert "python -m benchmarks.robustness --rounds 2" in page
+    assert "fitfed bench robustness --rounds 2" in page
     assert main(["--render", str(tmp_path / "robustness.json")]) == 0  # re-render from saved runs, no training
     assert (tmp_path / "robustness.md").read_text() == page
 
