@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check custom jobs tests databricks_bridge benchmarks attack_harness
 	$(VENV)/bin/ruff format --check --quiet custom jobs tests databricks_bridge benchmarks attack_harness
 
-# `make bench` runs every benchmark (about an hour on 2 cores); `make bench NAME=heart_disease` runs one.
+# `make bench` runs every benchmark (about 70 minutes on 2 cores); `make bench NAME=heart_disease` runs one.
 bench: $(STAMP) $(FLOWER_STAMP)
 	$(VENV)/bin/fitfed bench $(NAME)
 

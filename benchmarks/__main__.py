@@ -11,11 +11,11 @@ import sys
 
 # name -> (module, what it measures, roughly how long a full run takes on 2 cores)
 BENCHMARKS = {
-    "heart_disease": ("benchmarks.heart_disease", "FLamby's Fed-Heart-Disease table on fitfed's FLARE jobs", "25 min"),
+    "heart_disease": ("benchmarks.heart_disease", "FLamby's Fed-Heart-Disease table on fitfed's FLARE jobs", "21 min"),
     "round_latency": ("benchmarks.round_latency", "seconds per round, fitfed (FLARE) vs Flower, 4/20/100 clients",
-                      "15 min"),
-    "scaling": ("benchmarks.scaling", "seconds per round and peak memory from 4 to 100 clubs", "10 min"),
-    "privacy": ("benchmarks.privacy", "what DP and HE cost per round, DP-SGD accuracy at epsilon 1/3/8", "10 min"),
+                      "7 min"),
+    "scaling": ("benchmarks.scaling", "seconds per round and peak memory from 4 to 100 clubs", "30 min"),
+    "privacy": ("benchmarks.privacy", "what DP and HE cost per round, DP-SGD accuracy at epsilon 1/3/8", "3 min"),
     "robustness": ("benchmarks.robustness", "robust aggregators against 5 attacks on heart_disease", "9 min"),
 }  # fmt: skip
 

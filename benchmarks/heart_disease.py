@@ -9,7 +9,7 @@ FLamby's centralised recipe (Adam, lr 0.001, batch 4, 50 epochs): pooled on all 
 and local-only on each hospital's. Reported: mean-over-hospitals test accuracy, mean and standard
 deviation over seeds, beside FLamby's published values.
 
-Run: ``fitfed bench heart_disease`` (about 25 minutes on 2 cores).
+Run: ``fitfed bench heart_disease`` (about 21 minutes on 2 cores).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ run fitfed's own training code (``fitfed.client.train_round``). Two parts, in on
 
 Reported: median seconds per round after the first, and the ratio fitfed / Flower at each size.
 
-Run: ``fitfed bench round_latency`` (about 10 minutes on 2 cores; needs ``.venv-flower``, which ``make bench``
+Run: ``fitfed bench round_latency`` (about 7 minutes on 2 cores; needs ``.venv-flower``, which ``make bench``
 creates).
 """
 

@@ -7,7 +7,7 @@ and swaps the rest in and out. Reported for each size: median seconds per round 
 memory, and how many clubs ran at once; then a straight-line fit of both against the number of clubs
 over the sizes that ran all at once, and where the knee is.
 
-Run: ``fitfed bench scaling`` (about 15 minutes on 2 cores, most of it the 100-club size).
+Run: ``fitfed bench scaling`` (about 30 minutes on 2 cores, 25 of them the 100-club size).
 """
 
 from __future__ import annotations
