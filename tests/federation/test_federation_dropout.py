@@ -14,6 +14,7 @@ from federation.harness import Federation
 from fitfed.audit import verify_chain
 from fitfed.jobs import build_recipe, export_into, load_job_module
 from fitfed.report import find_record_dir
+from fitfed.round_timing import RoundTiming
 
 pytestmark = pytest.mark.slow
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -34,9 +35,15 @@ def _restart(federation: Federation, clubs: list[str]) -> None:
 
 
 def _job(tmp_path: Path, rounds: int) -> Path:
-    """FedAvg churn with min_clients 2 of the 3 clubs."""
+    """FedAvg churn with min_clients 2 of the 3 clubs, at FLARE's own 2.5 s rounds.
+
+    With fitfed's 0.25 s rounds the whole job can finish before a club killed after round 0 is gone,
+    so the kill would not land mid-job.
+    """
     module = load_job_module(JOBS / "fedavg_churn.py")
-    settings = module.SETTINGS.model_copy(update={"num_rounds": rounds, "min_clients": 2, "min_updates": 2})
+    settings = module.SETTINGS.model_copy(
+        update={"num_rounds": rounds, "min_clients": 2, "min_updates": 2, "timing": RoundTiming.flare_defaults()}
+    )
     return export_into(build_recipe(module, settings), tmp_path)
 
 
