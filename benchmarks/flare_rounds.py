@@ -10,7 +10,6 @@ twice a second; shared pages count once per process, so it overstates a little.
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -22,9 +21,8 @@ import psutil
 from fitfed.config import TrainConfig
 from fitfed.jobs import JobSettings, build_recipe, load_job_module, simulate
 from fitfed.models import ModelConfig
-from fitfed.report import find_record_dir
+from fitfed.report import round_seconds
 from fitfed.round_timing import RoundTiming
-from fitfed.server.run_record import EVENTS_FILE
 
 JOB_FILE = Path(__file__).resolve().parents[1] / "jobs" / "fedavg_churn.py"
 # Measured here: a simulated club's process holds about 0.6 GB (torch, NVFlare, Opacus, pandas), plus ~1.5 GB base.
@@ -66,10 +64,7 @@ def run_flare(data_dir: Path, workspace: Path, *, rounds: int, timing: RoundTimi
         tic = time.perf_counter()
         run_dir = simulate(recipe, data_dir=data_dir, sites=sites, workspace=workspace, threads=threads)
         wall = time.perf_counter() - tic
-    events = [json.loads(line) for line in (find_record_dir(run_dir) / EVENTS_FILE).read_text().splitlines() if line]
-    started = {e["round"]: e["time"] for e in events if e["event"] == "round_started"}
-    seconds = [round(e["time"] - started[e["round"]], 3) for e in events
-               if e["event"] == "round_completed" and e["round"] in started]  # fmt: skip
+    seconds = [round(s, 3) for s in round_seconds(run_dir)]
     if len(seconds) != rounds:
         raise RuntimeError(f"{len(sites)} clubs: {len(seconds)} of {rounds} rounds completed ({run_dir})")
     return {

@@ -51,7 +51,7 @@ from fitfed.preprocessing import SiteSplit
 from fitfed.privacy.accounting import epsilon_spent
 from fitfed.privacy.dp_sgd import DPTrainer
 from fitfed.privacy.update_dp import privatize
-from fitfed.report import find_record_dir
+from fitfed.report import round_seconds
 from fitfed.spec import load_spec
 from fitfed.task import evaluate, load_site_data, make_model
 
@@ -186,10 +186,7 @@ def run_federation_rounds(settings: BenchSettings, root: Path) -> dict[str, dict
             job_id = session.submit_job(str(folder))
             status = session.wait_for_job(job_id, timeout=600, poll_interval=1.0)["status"]
             result = Path(session.download_job_result(job_id, str(root / "results" / setup)))
-            events = [json.loads(line) for line in (find_record_dir(result) / "events.jsonl").read_text().splitlines()]
-            started = {e["round"]: e["time"] for e in events if e["event"] == "round_started"}
-            seconds = [e["time"] - started[e["round"]] for e in events
-                       if e["event"] == "round_completed" and e["round"] in started and e["round"] > 0]  # fmt: skip
+            seconds = round_seconds(result)[1:]  # round 0 includes start-up
             out[setup] = {"status": status, "seconds_per_round": statistics.median(seconds), "rounds": len(seconds)}
             print(f"federation {setup}: {status}, {out[setup]['seconds_per_round']:.2f} s per round", flush=True)
     for row in out.values():

@@ -37,8 +37,7 @@ from benchmarks.flare_rounds import TIMINGS, fits_in_memory, job_settings, run_f
 from benchmarks.run_info import RESULTS_DIR, command, machine, write_results
 from fitfed.datasets.churn import write_clubs
 from fitfed.jobs import build_recipe, export_into, load_job_module
-from fitfed.report import find_record_dir
-from fitfed.server.run_record import EVENTS_FILE
+from fitfed.report import round_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
@@ -113,10 +112,7 @@ def run_real(settings: BenchSettings, root: Path) -> list[dict[str, Any]]:
             job_id = session.submit_job(str(export_into(recipe, root / "jobs" / timing)))
             status = session.wait_for_job(job_id, timeout=600, poll_interval=1.0)["status"]
             result = Path(session.download_job_result(job_id, str(root / "results" / timing)))
-            events = [json.loads(line) for line in (find_record_dir(result) / EVENTS_FILE).read_text().splitlines()]
-            started = {e["round"]: e["time"] for e in events if e["event"] == "round_started"}
-            seconds = [round(e["time"] - started[e["round"]], 3) for e in events
-                       if e["event"] == "round_completed" and e["round"] in started]  # fmt: skip
+            seconds = [round(s, 3) for s in round_seconds(result)]
             rows.append({"framework": "fitfed (real processes)", "timing": timing, "clients": 3, "status": status,
                          "round_seconds": seconds, "seconds_per_round": statistics.median(seconds[1:])})  # fmt: skip
             print(f"real federation, {timing}: {status}, {rows[-1]['seconds_per_round']:.3f} s per round", flush=True)

@@ -87,6 +87,14 @@ def _add_site_metrics(report: RunReport, round_number: int, event: dict) -> None
         report.failures.setdefault(round_number, []).append(site)
 
 
+def round_seconds(path: Path) -> list[float]:
+    """Each completed round's wall seconds, from its ``round_started`` to its ``round_completed``, in order."""
+    events = [json.loads(line) for line in (find_record_dir(path) / EVENTS_FILE).read_text().splitlines() if line]
+    started = {e["round"]: e["time"] for e in events if e["event"] == "round_started"}
+    return [e["time"] - started[e["round"]] for e in events
+            if e["event"] == "round_completed" and e["round"] in started]  # fmt: skip
+
+
 def aggregation_records(report: RunReport) -> list[ClubRecord]:
     """Per-club counts of rejected, outlier and clipped updates over the run (empty without a robust aggregator)."""
     return club_records(report.aggregation)
