@@ -335,6 +335,12 @@ def _run(args: argparse.Namespace) -> int:
             f"job {settings.name!r} uses homomorphic encryption, which FLARE runs only on HE-provisioned kits, "
             f"not in the simulator: submit jobs/{settings.name}/ with `nvflare job submit` (docs/ml-lead.md)"
         )
+    if settings.secure_aggregation is not None:
+        raise UserError(
+            f"job {settings.name!r} uses secure aggregation, whose clubs sign their keys with the identities in "
+            f"provisioned kits, which the simulator does not have: submit jobs/{settings.name}/ with "
+            "`nvflare job submit` (docs/secure-aggregation.md)"
+        )
     sites = _sites_in(args.data)
     if len(sites) < settings.min_clients:
         raise UserError(

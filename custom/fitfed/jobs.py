@@ -26,16 +26,29 @@ from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.client.config import ExchangeFormat, TransferType
 from nvflare.fuel.utils.log_utils import default_log_dict
+from nvflare.job_config.defs import FilterType
 from nvflare.recipe import SimEnv
 from nvflare.recipe.spec import Recipe
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fitfed import client as client_module
 from fitfed.aggregation.aggregator import robust_recipe_args
-from fitfed.aggregation.config import AggregatorConfig, check_feasible, refuse_with_encrypted_updates
+from fitfed.aggregation.config import AggregatorConfig, check_feasible, describe, refuse_with_encrypted_updates
 from fitfed.config import DATA_ENV_VAR, TRAIN_CONFIG_FILE, TrainConfig
 from fitfed.privacy.he import HEContextCheck
 from fitfed.round_timing import RoundTiming, SimulatorRetry, apply_round_timing
+from fitfed.secagg.club import (
+    ADVERTISE,
+    CLUB_COMPONENT,
+    SHARE,
+    UNMASK,
+    MaskUpdate,
+    ReadRoundPlan,
+    SecAggClub,
+    SecAggExecutor,
+)
+from fitfed.secagg.config import SecureAggregation, check_secure_aggregation
+from fitfed.secagg.controller import MaskedFedAvg
 from fitfed.server.final_eval import FinalModelEval
 from fitfed.server.optimizers import Yogi
 from fitfed.server.run_record import RunRecorder
@@ -88,6 +101,9 @@ class JobSettings(BaseModel):
             checked against min_updates (or min_clients).
         timing: FLARE's polling periods (see :mod:`fitfed.round_timing`); the defaults make a small model's
             round about 10x faster than FLARE's own, and ``RoundTiming.flare_defaults()`` restores FLARE's.
+        secure_aggregation: aggregate under pairwise masking (:mod:`fitfed.secagg`), so the server learns only
+            the weighted sum of the updates; "fedavg" or "fedprox", never with HE or a robust aggregator, and only on
+            provisioned kits (each club signs its keys with its FLARE identity; the simulator has none).
         he: encrypt every club's update with CKKS before it leaves the club (FLARE's ``FedAvgRecipeWithHE``);
             "fedavg" only, never with a robust aggregator, and only on kits provisioned with HEBuilder
             (FLARE refuses the simulator). The server then holds only the encrypted global model.
@@ -108,6 +124,7 @@ class JobSettings(BaseModel):
     aggregator: AggregatorConfig | None = None
     timing: RoundTiming = RoundTiming()
     he: bool = False
+    secure_aggregation: SecureAggregation | None = None
 
     @property
     def updates_needed(self) -> int:
@@ -139,6 +156,14 @@ class JobSettings(BaseModel):
                     f"he=True runs FLARE's FedAvg with HE: train.algorithm must be 'fedavg', not {algorithm!r}"
                 )
             refuse_with_encrypted_updates(self.aggregator)
+        if self.secure_aggregation is not None:
+            check_secure_aggregation(
+                self.secure_aggregation,
+                algorithm=algorithm,
+                min_clients=self.min_clients,
+                he=self.he,
+                robust=None if self.aggregator is None else describe(self.aggregator),
+            )
         return self
 
 
@@ -182,6 +207,8 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
     job = _fed_job(recipe)
     job.add_file_to_clients(str(config_file), app_folder_type="config")
     job.add_file_to_server(str(config_file), app_folder_type="config")
+    if settings.secure_aggregation is not None:
+        _mask_every_round(job, settings)
     _every_club_every_round(job)
     apply_round_timing(recipe, settings.timing)
     if settings.server_optimizer is not None and settings.server_optimizer.name == "yogi":
@@ -321,6 +348,27 @@ def _every_club_every_round(job: Any) -> None:
                 controller.num_clients = 0  # BaseFedAvg.sample_clients: 0 means every connected club
         elif isinstance(controller, ScatterAndGather):  # FedOpt's controller, which already asks every club
             controller.ignore_result_error = True
+
+
+def _mask_every_round(job: Any, settings: JobSettings) -> None:
+    """Swap the recipe's FedAvg controller for :class:`MaskedFedAvg`, and give every club the protocol's parts.
+
+    The masking filter is a job filter: FLARE runs it after the club's privacy-scope filters, so a club's
+    DP noise is added before its update is masked.
+    """
+    assert settings.secure_aggregation is not None
+    for workflow in job._deploy_map[SERVER_SITE_NAME].app_config.workflows:
+        if isinstance(workflow.controller, BaseModelController):
+            workflow.controller = MaskedFedAvg(
+                num_rounds=settings.num_rounds,
+                threshold=settings.secure_aggregation.threshold,
+                step_timeout=settings.secure_aggregation.step_timeout,
+                persistor_id=workflow.controller._persistor_id,
+            )
+    job.to_clients(SecAggClub(), id=CLUB_COMPONENT)
+    job.to_clients(SecAggExecutor(), tasks=[ADVERTISE, SHARE, UNMASK])
+    job.to_clients(ReadRoundPlan(), filter_type=FilterType.TASK_DATA, tasks=["train"])
+    job.to_clients(MaskUpdate(), filter_type=FilterType.TASK_RESULT, tasks=["train"])
 
 
 def _fed_job(recipe: Recipe) -> Any:

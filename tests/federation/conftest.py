@@ -14,12 +14,12 @@ from fitfed.datasets.churn import write_clubs
 
 
 @contextmanager
-def running_federation(root: Path) -> Iterator[Federation]:
-    """Server and three clubs running from kits provisioned with `nvflare provision`; all stopped on exit."""
+def running_federation(root: Path, clubs: int = 3) -> Iterator[Federation]:
+    """Server and clubs (three by default) running from kits provisioned with `nvflare provision`; stopped on exit."""
     env = {**os.environ, "HOME": str(root / "home"), **FAST_DEAD_CLIENT_DETECTION}
     env.pop("FITFED_DATA", None)
     (root / "home").mkdir()
-    roster = make_roster()
+    roster = make_roster(clubs)
     fed = Federation(roster=roster, kits=provision(roster, root, env), env=env)
     data = root / "data"
     write_clubs(data, len(roster.clubs), seed=0)

@@ -31,10 +31,15 @@ from fitfed.audit import chain_record, last_hash
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig
 from fitfed.privacy.he import encrypted_layers, save_ciphertext_model
 from fitfed.privacy_scope import SCOPE_HEADER
+from fitfed.secagg.club import MASKING_ALGORITHM
 from fitfed.spec import TaskSpec
 
 RECORD_DIR = "fitfed"
 EVENTS_FILE = "events.jsonl"
+# A server component that has its own audit record to add fires AUDIT_EVENT with the record (a JSON-able dict,
+# never secret material) in the AUDIT_RECORD property; the recorder chains it into events.jsonl.
+AUDIT_EVENT = "fitfed.audit_record"
+AUDIT_RECORD = "fitfed.audit_record_data"
 FINAL_MODEL = "global_model"
 BEST_MODEL = "best_global_model"
 ROUNDS_DIR = "rounds"  # <RECORD_DIR>/rounds/global_model_round_<r>.pt: the global model after r rounds
@@ -76,6 +81,7 @@ class RunRecorder(FLComponent):
             AppEventType.VALIDATION_RESULT_RECEIVED: self._final_evaluation,
             EventType.CLIENT_DISCONNECTED: self._site_dropped,
             EventType.END_RUN: self._finish,
+            AUDIT_EVENT: self._component_record,
         }
         handler = handlers.get(event_type)
         if handler is not None:
@@ -120,6 +126,11 @@ class RunRecorder(FLComponent):
             self._accepted.append(site)
         self._sites.add(site)
         self._append(record)
+
+    def _component_record(self, fl_ctx: FLContext) -> None:
+        record = fl_ctx.get_prop(AUDIT_RECORD)
+        if isinstance(record, dict) and isinstance(record.get("event"), str):
+            self._append(record)
 
     def _check_enough_sites(self, fl_ctx: FLContext) -> None:
         if len(self._accepted) >= self.min_updates:
@@ -246,12 +257,12 @@ def _save_weights(checkpoint: Path, out: Path) -> bool:
 
 
 def _payload(result: Shareable) -> str:
-    """What the server received from a club: "ckks" ciphertext (HE) or "plain" weights."""
+    """What the server received from a club: "ckks" ciphertext (HE), a "masked" vector, or "plain" weights."""
     try:
         algorithm = from_shareable(result).get_meta_prop(MetaKey.PROCESSED_ALGORITHM)
     except ValueError:
         return "none"
-    return "ckks" if algorithm == HE_ALGORITHM_CKKS else "plain"
+    return {HE_ALGORITHM_CKKS: "ckks", MASKING_ALGORITHM: "masked"}.get(algorithm, "plain")
 
 
 def _peer_name(fl_ctx: FLContext) -> str:

@@ -1,0 +1,40 @@
+"""Fixed-point encoding of real-valued updates into integers modulo 2^64, where masks add and cancel exactly.
+
+A value x becomes round(x * 2^FRACTION_BITS) as a two's-complement 64-bit integer. Each club's rounding
+error is at most 2^-(FRACTION_BITS+1) per coordinate (about 3e-8); a sum stays exact while its magnitude
+is below 2^(63-FRACTION_BITS) (about 5.5e11), which :func:`encode` checks for one club's share of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FRACTION_BITS = 24
+MODULUS_BITS = 64
+SCALE = float(2**FRACTION_BITS)
+# One club's encoded value must leave room for the sum of up to 2^10 clubs without wrapping around.
+_LIMIT = 2.0 ** (MODULUS_BITS - 1 - FRACTION_BITS - 10)
+
+
+def rounding_error(clubs: int) -> float:
+    """The largest error fixed point adds to a sum of ``clubs`` encoded vectors, per coordinate."""
+    return clubs * 2.0 ** -(FRACTION_BITS + 1)
+
+
+def encode(values: np.ndarray) -> np.ndarray:
+    """Real values as uint64 fixed point; refuses values too large to sum without wrapping around."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("secure aggregation cannot encode an update holding NaN or infinity; check the local training")
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if largest >= _LIMIT:
+        raise OverflowError(
+            f"an update coordinate of magnitude {largest:.3g} (times the club's weight) exceeds the fixed-point "
+            f"range {_LIMIT:.3g}; lower the learning rate or clip the update (a privacy scope's clip_norm)"
+        )
+    return np.round(values * SCALE).astype(np.int64).view(np.uint64)
+
+
+def decode(encoded: np.ndarray) -> np.ndarray:
+    """The real values of a uint64 fixed-point vector (a sum of encoded vectors decodes to the sum)."""
+    return np.asarray(encoded, dtype=np.uint64).view(np.int64).astype(np.float64) / SCALE

@@ -1,0 +1,246 @@
+"""The server's side of secure aggregation in FLARE: FedAvg whose rounds are the protocol's four exchanges.
+
+Each round, :class:`MaskedFedAvg` asks every connected club to advertise keys, relays them so clubs can
+share their secrets, sends the global model for training (the clubs return masked updates), and asks
+the survivors to unmask. It learns the weighted mean of the survivors' updates and nothing more.
+Every step's participants, drop-outs and refusals go to the run record; no secret material does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvflare.apis.controller_spec import ClientTask, Task
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.workflows.model_controller import ModelController
+from pydantic import ValidationError
+
+from fitfed.secagg.club import ADVERTISE, MASKED, PAYLOAD, SHARE, UNMASK, WEIGHT_KEY
+from fitfed.secagg.identity import ROOT_CA, KeyRefused, load_ca
+from fitfed.secagg.protocol import ProtocolRejected, RoundAborted, RoundContext, ServerRound
+from fitfed.server.run_record import AUDIT_EVENT, AUDIT_RECORD
+
+
+class MaskedFedAvg(ModelController):
+    """FedAvg over weight differences, aggregated under pairwise masking with threshold t.
+
+    Args:
+        num_rounds: federated rounds.
+        threshold: t, the fewest clubs that must stay to the end of a round for it to be unmasked.
+        step_timeout: seconds a club has to answer each protocol exchange (training is not timed out).
+        persistor_id: the FLARE persistor holding the global model.
+        ignore_result_error: FLARE's setting; a failed club is left out of its round.
+        task_check_period: how often FLARE checks for answered tasks (see :mod:`fitfed.round_timing`).
+    """
+
+    def __init__(
+        self,
+        num_rounds: int,
+        threshold: int,
+        step_timeout: int = 120,
+        persistor_id: str = AppConstants.DEFAULT_PERSISTOR_ID,
+        ignore_result_error: bool | None = True,
+        task_check_period: float = 0.5,
+    ):
+        super().__init__(
+            persistor_id=persistor_id, ignore_result_error=ignore_result_error, task_check_period=task_check_period
+        )
+        self.num_rounds = num_rounds
+        self.threshold = threshold
+        self.step_timeout = step_timeout
+
+    def run(self) -> None:
+        """Every round: advertise, share, train and mask, unmask; stop the job if a round cannot be unmasked."""
+        startup = Path(self.engine.get_workspace().get_startup_kit_dir())
+        ca = load_ca(startup / ROOT_CA)
+        model = self.load_model()
+        model.start_round, model.total_rounds = 0, self.num_rounds
+        for round_ in range(self.num_rounds):
+            self.current_round = model.current_round = round_
+            self.fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=True, sticky=False)
+            self.event(AppEventType.ROUND_STARTED)
+            try:
+                mean = self._masked_round(model, ca)
+            except RoundAborted as e:
+                reason = f"{e}; the global model stays as it was after {round_} completed round(s)"
+                self._audit({"event": "round_aborted", "round": self.current_round, "reason": reason})
+                self.system_panic(reason, self.fl_ctx)
+                return
+            if mean is None:  # FLARE is stopping the job
+                return
+            update = _unflatten(model, mean)
+            self.fire_event_with_data(
+                AppEventType.AFTER_AGGREGATION, self.fl_ctx, AppConstants.AGGREGATION_RESULT,
+                FLModel(params=update, params_type=ParamsType.DIFF),
+            )  # fmt: skip
+            model = _apply(model, update)
+            self.save_model(model)
+
+    def _masked_round(self, model: FLModel, ca: Any) -> np.ndarray | None:
+        round_ = self.current_round
+        clubs = sorted(self.sample_clients())
+        trail: dict[str, Any] = {"event": "secure_aggregation", "round": round_, "threshold": self.threshold,
+                                 "selected": clubs, "steps": []}  # fmt: skip
+        try:
+            context = RoundContext(job_id=self.fl_ctx.get_job_id(), round=round_, threshold=self.threshold,
+                                   roster=tuple(clubs))  # fmt: skip
+        except ValidationError:
+            self._audit(trail)
+            raise RoundAborted(
+                f"round {round_}: only {len(clubs)} club(s) connected, fewer than the threshold t={self.threshold}"
+            ) from None
+        length = sum(int(np.prod(_shape(v))) for v in model.params.values())
+        server = ServerRound(context, ca, length)
+        try:
+            # (1) keys, signed with each club's FLARE identity
+            answers = self._exchange(ADVERTISE, {c: {"context": context.model_dump()} for c in clubs})
+            took = self._take(trail, "advertise", clubs, answers,
+                              lambda c, p: server.receive_advertisement(c, p.get("advertisement")))  # fmt: skip
+            server.need(took, "key advertisement")
+            # (2) sealed shares of every club's secrets, relayed
+            relayed = [a.model_dump() for a in server.advertisements]
+            answers = self._exchange(SHARE, {c: {"round": round_, "advertisements": relayed} for c in took})
+            took = self._take(trail, "share", took, answers, lambda c, p: server.receive_shares(c, p.get("shares")))
+            server.need(took, "secret sharing")
+            # (3) training; each club's result filter masks its update for the clubs that shared
+            masked = self._train(model, server)
+            if masked is None:
+                return None
+            self._step(trail, "masked_update", list(server.sharers), masked)
+            # (4) the survivors reveal what removes the masks, and nothing more
+            request = server.unmask_request()
+            answers = self._exchange(
+                UNMASK,
+                {c: {"round": round_, "request": request.model_dump(),
+                     "shares": [s.model_dump() for s in server.shares_for(c)]} for c in request.survivors},
+            )  # fmt: skip
+            took = self._take(trail, "unmask", list(request.survivors), answers,
+                              lambda c, p: server.receive_unmask(c, p.get("reply")))  # fmt: skip
+            total, weight = server.aggregate()
+        except RoundAborted:
+            self._audit(trail)
+            raise
+        trail.update(aggregated=list(server.survivors), dropped_before_masking=list(request.dropped))
+        self._audit(trail)
+        return total / weight
+
+    def _train(self, model: FLModel, server: ServerRound) -> dict[str, str | None] | None:
+        """Send the global model to the clubs that shared; keep each masked update the protocol accepts."""
+        outcome: dict[str, str | None] = {}
+
+        def received(result: FLModel) -> bool:
+            club = result.meta.get("client_name", "?")
+            try:
+                server.receive_masked(club, float(result.meta.get(WEIGHT_KEY) or 0), (result.params or {}).get(MASKED))
+            except (ProtocolRejected, ValidationError) as e:
+                outcome[club] = _reason(e)
+                return False
+            outcome[club] = None
+            return True
+
+        model.meta = {PAYLOAD: {"round": self.current_round, "sharers": list(server.sharers)}}
+        self.send_model(task_name=AppConstants.TASK_TRAIN, targets=list(server.sharers), data=model, callback=received)
+        if not self._wait():
+            return None
+        self.event(AppEventType.BEFORE_AGGREGATION)
+        return outcome
+
+    def _exchange(self, step: str, payloads: dict[str, dict]) -> dict[str, Any]:
+        """One protocol step: a task per club with its own payload; returns each club's answer or failure."""
+        answers: dict[str, Any] = {}
+
+        def received(client_task: ClientTask, fl_ctx: FLContext) -> None:
+            result, client_task.result = client_task.result, None
+            code = result.get_return_code(ReturnCode.OK) if isinstance(result, Shareable) else "no result"
+            answers[client_task.client.name] = result.get(PAYLOAD) if code == ReturnCode.OK else _Failed(code)
+
+        for club, payload in payloads.items():
+            data = Shareable()
+            data[PAYLOAD] = payload
+            task = Task(name=step, data=data, timeout=self.step_timeout, result_received_cb=received)
+            self.broadcast(task=task, fl_ctx=self.fl_ctx, targets=[club], min_responses=1)
+        self._wait()
+        return answers
+
+    def _take(self, trail: dict, step: str, asked: list[str], answers: dict[str, Any], accept: Any) -> list[str]:
+        """Feed each answer to the protocol; a refused or missing answer drops that club from the round."""
+        outcome: dict[str, str | None] = {}
+        for club in asked:
+            answer = answers.get(club)
+            if isinstance(answer, _Failed) or answer is None:
+                outcome[club] = answer.reason if isinstance(answer, _Failed) else "no answer (gone or timed out)"
+                continue
+            if not isinstance(answer, dict):
+                outcome[club] = "its answer is malformed"
+                continue
+            try:
+                accept(club, answer)
+                outcome[club] = None
+            except (ProtocolRejected, KeyRefused, ValidationError) as e:
+                outcome[club] = _reason(e)
+        self._step(trail, step, asked, outcome)
+        return [c for c in asked if outcome.get(c) is None and c in outcome]
+
+    @staticmethod
+    def _step(trail: dict, step: str, asked: list[str], outcome: dict[str, str | None]) -> None:
+        took = [c for c in asked if c in outcome and outcome[c] is None]
+        trail["steps"].append({
+            "step": step,
+            "took_part": took,
+            "dropped": [c for c in asked if c not in took],
+            "reasons": {c: r for c, r in outcome.items() if r is not None},
+        })  # fmt: skip
+
+    def _wait(self) -> bool:
+        while self.get_num_standing_tasks():
+            if self.abort_signal.triggered:
+                return False
+            time.sleep(self._task_check_period)
+        return True
+
+    def _audit(self, record: dict[str, Any]) -> None:
+        self.fire_event_with_data(AUDIT_EVENT, self.fl_ctx, AUDIT_RECORD, record)
+
+
+class _Failed:
+    def __init__(self, code: str):
+        self.reason = f"the club's step failed ({code}); its log says why"
+
+
+def _reason(error: Exception) -> str:
+    return f"refused: {error}" if not isinstance(error, ValidationError) else "refused: its message is malformed"
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape)
+
+
+def _unflatten(model: FLModel, mean: np.ndarray) -> dict[str, np.ndarray]:
+    """The mean update as named arrays, in sorted parameter order as the clubs flattened it."""
+    update, offset = {}, 0
+    for name in sorted(model.params):
+        shape = _shape(model.params[name])
+        size = int(np.prod(shape))
+        update[name] = mean[offset : offset + size].reshape(shape)
+        offset += size
+    return update
+
+
+def _apply(model: FLModel, update: dict[str, np.ndarray]) -> FLModel:
+    """The global model plus the mean update, each parameter in its own type and dtype."""
+    params = {}
+    for name, value in model.params.items():
+        if isinstance(value, torch.Tensor):
+            params[name] = torch.as_tensor(value.detach().cpu().double().numpy() + update[name], dtype=value.dtype)
+        else:
+            params[name] = (np.asarray(value, dtype=np.float64) + update[name]).astype(np.asarray(value).dtype)
+    return FLModel(params=params, params_type=ParamsType.FULL, meta={})
