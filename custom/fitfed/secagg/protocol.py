@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fitfed.secagg.encoding import decode, encode
+from fitfed.secagg.encoding import MAX_CLUBS, decode, encode
 from fitfed.secagg.identity import ClubIdentity, KeyRefused, verify_signed
 from fitfed.secagg.masks import PAIRWISE, SEED_BYTES, SHARE_KEY, SealError, agree, expand, public_bytes, seal, unseal
 from fitfed.secagg.shamir import SHARE_BYTES, combine, split
@@ -59,6 +59,8 @@ class RoundContext(_Message):
     def _sorted_roster(self) -> RoundContext:
         if list(self.roster) != sorted(set(self.roster)):
             raise ValueError("the roster must be sorted and without duplicates")
+        if len(self.roster) > MAX_CLUBS:
+            raise ValueError(f"{len(self.roster)} clubs: fixed point sums at most {MAX_CLUBS} without wrapping around")
         if len(self.roster) < self.threshold:
             raise ValueError(f"{len(self.roster)} clubs selected, fewer than the threshold t={self.threshold}")
         return self

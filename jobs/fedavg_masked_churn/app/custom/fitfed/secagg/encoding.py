@@ -12,8 +12,9 @@ import numpy as np
 FRACTION_BITS = 24
 MODULUS_BITS = 64
 SCALE = float(2**FRACTION_BITS)
-# One club's encoded value must leave room for the sum of up to 2^10 clubs without wrapping around.
-_LIMIT = 2.0 ** (MODULUS_BITS - 1 - FRACTION_BITS - 10)
+MAX_CLUBS = 2**10
+# One club's encoded value must leave room for the sum of up to MAX_CLUBS clubs without wrapping around.
+_LIMIT = 2.0 ** (MODULUS_BITS - 1 - FRACTION_BITS) / MAX_CLUBS
 
 
 def rounding_error(clubs: int) -> float:

@@ -33,6 +33,7 @@ from fitfed.secagg.protocol import ClubRound, ProtocolRejected, RoundAborted, Ro
 
 CLUB_COMPONENT = "fitfed_secagg_club"
 ADVERTISE, SHARE, UNMASK = "fitfed_secagg_advertise", "fitfed_secagg_share", "fitfed_secagg_unmask"
+PROTOCOL_TASKS = (ADVERTISE, SHARE, UNMASK)
 PAYLOAD = "fitfed_secagg"  # the key under which protocol messages travel in a Shareable or a DXO's meta
 MASKED = "fitfed_masked"  # the masked vector's name in the training result
 MASKING_ALGORITHM = "fitfed-masking"  # the result's PROCESSED_ALGORITHM, as FLARE's HE marks CKKS
