@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -227,11 +228,17 @@ def test_fewer_than_t_clubs_aborts_the_round_and_keeps_the_last_good_model(feder
     # Execute: as soon as round 0 is unmasked, freeze a club (before it can fetch round 1's first task)
     _wait_for(federation, job_id, lambda e: e["event"] == "secure_aggregation" and e["round"] == 0, "round 0")
     frozen = left[-1]
-    os.killpg(federation.processes[frozen].pid, signal.SIGSTOP)
+    parent = psutil.Process(federation.processes[frozen].pid)
+    tree = [parent, *parent.children(recursive=True)]  # FLARE runs the club's job in a process of its own
+    for process in tree:
+        process.send_signal(signal.SIGSTOP)
     try:
         meta, record = _finish(federation, job_id, tmp_path / "download")
     finally:
-        federation.kill(frozen)  # SIGKILL ends a stopped process too
+        for process in tree:  # SIGKILL ends a stopped process too
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        federation.kill(frozen)
 
     # Assert: the job stopped and says why; round 1's trail names the step and the silent club
     assert meta["status"] != "FINISHED:COMPLETED"

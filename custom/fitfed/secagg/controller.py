@@ -36,7 +36,8 @@ class MaskedFedAvg(ModelController):
     Args:
         num_rounds: federated rounds.
         threshold: t, the fewest clubs that must stay to the end of a round for it to be unmasked.
-        step_timeout: seconds a club has to answer each protocol exchange (training is not timed out).
+        step_timeout: seconds a club has to answer each protocol exchange; training is not timed out, nor is
+            the job's very first exchange, which also waits for the clubs' job processes to start.
         persistor_id: the FLARE persistor holding the global model.
         ignore_result_error: FLARE's setting; a failed club is left out of its round.
         task_check_period: how often FLARE checks for answered tasks (see :mod:`fitfed.round_timing`).
@@ -102,7 +103,9 @@ class MaskedFedAvg(ModelController):
         server = ServerRound(context, ca, length)
         try:
             # (1) keys, signed with each club's FLARE identity
-            answers = self._exchange(ADVERTISE, {c: {"context": context.model_dump()} for c in clubs})
+            # Round 0's first task also waits for each club's job process to start, which FLARE bounds itself.
+            first = 0 if round_ == 0 else self.step_timeout
+            answers = self._exchange(ADVERTISE, {c: {"context": context.model_dump()} for c in clubs}, timeout=first)
             took = self._take(trail, "advertise", clubs, answers,
                               lambda c, p: server.receive_advertisement(c, p.get("advertisement")))  # fmt: skip
             server.need(took, "key advertisement")
@@ -154,7 +157,7 @@ class MaskedFedAvg(ModelController):
         self.event(AppEventType.BEFORE_AGGREGATION)
         return outcome
 
-    def _exchange(self, step: str, payloads: dict[str, dict]) -> dict[str, Any]:
+    def _exchange(self, step: str, payloads: dict[str, dict], timeout: int | None = None) -> dict[str, Any]:
         """One protocol step: a task per club with its own payload; returns each club's answer or failure."""
         answers: dict[str, Any] = {}
 
@@ -166,7 +169,8 @@ class MaskedFedAvg(ModelController):
         for club, payload in payloads.items():
             data = Shareable()
             data[PAYLOAD] = payload
-            task = Task(name=step, data=data, timeout=self.step_timeout, result_received_cb=received)
+            timeout = self.step_timeout if timeout is None else timeout
+            task = Task(name=step, data=data, timeout=timeout, result_received_cb=received)
             self.broadcast(task=task, fl_ctx=self.fl_ctx, targets=[club], min_responses=1)
         self._wait()
         return answers
