@@ -21,6 +21,7 @@ def test_every_job_has_a_committed_folder():
         "fedopt_churn",
         "fedavg_heart_disease",
         "fedavg_he_churn",
+        "fedavg_masked_churn",
     }
     for name in JOB_NAMES:
         assert (JOBS_DIR / name / "meta.json").is_file(), f"jobs/{name}/ is missing: run `fitfed jobs export`"
