@@ -18,15 +18,16 @@ BENCHMARKS = {
     "privacy": ("benchmarks.privacy", "what DP and HE cost per round, DP-SGD accuracy at epsilon 1/3/8", "3 min"),
     "robustness": ("benchmarks.robustness", "robust aggregators against 5 attacks on heart_disease", "9 min"),
     "secure_aggregation": ("benchmarks.secure_aggregation", "per-round time and bytes of plain, HE and masking, "
-                           "4/20/50 clubs", "4 min"),
+                           "4/20/50 clubs", "2 min"),
 }  # fmt: skip
 
 
 def usage() -> str:
     """The list of benchmarks, for ``--help`` and mistakes."""
-    rows = [f"  {name:<14} {what} (about {took})" for name, (_, what, took) in BENCHMARKS.items()]
+    width = max(len(name) for name in BENCHMARKS)
+    rows = [f"  {name:<{width}}  {what} (about {took})" for name, (_, what, took) in BENCHMARKS.items()]
     return "\n".join(["usage: fitfed bench NAME [ARGS...]   (NAME --help for its options)", "", "benchmarks:", *rows,
-                      "  all            every benchmark above, one after another"])  # fmt: skip
+                      f"  {'all':<{width}}  every benchmark above, one after another"])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
