@@ -38,14 +38,10 @@ from fitfed.config import DATA_ENV_VAR, TRAIN_CONFIG_FILE, TrainConfig
 from fitfed.privacy.he import HEContextCheck
 from fitfed.round_timing import RoundTiming, SimulatorRetry, apply_round_timing
 from fitfed.secagg.club import (
-    ADVERTISE,
     CLUB_COMPONENT,
-    SHARE,
-    UNMASK,
     MaskUpdate,
     ReadRoundPlan,
     SecAggClub,
-    SecAggExecutor,
 )
 from fitfed.secagg.config import SecureAggregation, check_secure_aggregation
 from fitfed.secagg.controller import MaskedFedAvg
@@ -353,6 +349,8 @@ def _every_club_every_round(job: Any) -> None:
 def _mask_every_round(job: Any, settings: JobSettings) -> None:
     """Swap the recipe's FedAvg controller for :class:`MaskedFedAvg`, and give every club the protocol's parts.
 
+    The key exchanges are aux messages (answered by :class:`SecAggClub`); only training is a task.
+
     The masking filter is a job filter: FLARE runs it after the club's privacy-scope filters, so a club's
     DP noise is added before its update is masked.
     """
@@ -366,7 +364,6 @@ def _mask_every_round(job: Any, settings: JobSettings) -> None:
                 persistor_id=workflow.controller._persistor_id,
             )
     job.to_clients(SecAggClub(), id=CLUB_COMPONENT)
-    job.to_clients(SecAggExecutor(), tasks=[ADVERTISE, SHARE, UNMASK])
     job.to_clients(ReadRoundPlan(), filter_type=FilterType.TASK_DATA, tasks=["train"])
     job.to_clients(MaskUpdate(), filter_type=FilterType.TASK_RESULT, tasks=["train"])
 

@@ -19,7 +19,6 @@ from federation.harness import Federation
 from fitfed.audit import verify_chain
 from fitfed.jobs import JobSettings, build_recipe, export_into, load_job_module
 from fitfed.report import find_record_dir
-from fitfed.round_timing import RoundTiming
 from fitfed.secagg.config import SecureAggregation
 from fitfed.secagg.encoding import rounding_error
 
@@ -147,6 +146,35 @@ def test_forged_and_substituted_keys_are_refused_with_the_federations_real_ident
         club_01.share(relayed)
 
 
+def _hold_at_training(federation: Federation, job_id: str, clubs: list[str], round_number: int) -> dict:
+    """Freeze every club (client and job process) the moment the server sends the round's training task.
+
+    A club needs a task poll (0.2 s) plus training to answer, so none has answered when the freeze lands.
+    """
+    log = federation.kit(federation.roster.server.host) / "process.out"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        sent = [line for line in log.read_text(errors="replace").splitlines()
+                if f"run={job_id}" in line and "Sending task train to" in line]  # fmt: skip
+        if len(sent) > round_number:
+            break
+        time.sleep(0.01)
+    else:
+        raise TimeoutError(f"job {job_id}: round {round_number}'s training task was not sent")
+    trees = {}
+    for club in clubs:
+        parent = psutil.Process(federation.processes[club].pid)
+        trees[club] = [parent, *parent.children(recursive=True)]  # FLARE runs the club's job in its own process
+        _signal(trees[club], signal.SIGSTOP)
+    return trees
+
+
+def _signal(tree: list, sig: int) -> None:
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+
+
 def _wait_for(federation: Federation, job_id: str, found, what: str, timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,17 +186,22 @@ def _wait_for(federation: Federation, job_id: str, found, what: str, timeout: fl
 
 
 def test_a_club_killed_after_masking_leaves_the_round_to_the_others(federation: Federation, tmp_path: Path):
-    # Setup: 3 rounds at FLARE's 2 s polling, so a club killed right after it sends its masked update is gone
-    # before the unmask request reaches it; t=3 of the 4 clubs
+    # Setup: 3 rounds, t=3 of the 4 clubs
     settings = _settings("fedavg_masked_churn", num_rounds=3, min_clients=3, min_updates=3,
-                         timing=RoundTiming.flare_defaults(),
                          secure_aggregation=SecureAggregation(threshold=3, step_timeout=15))  # fmt: skip
     job_id = _submit(federation, _export(tmp_path, "fedavg_masked_churn", settings))
 
-    # Execute: kill the first club whose round-1 masked update arrives
-    first = _wait_for(federation, job_id, lambda e: e["event"] == "site_update" and e["round"] == 1, "round 1 update")
-    victim = first["site"]
+    # Execute: hold every club as round 1's training goes out; let the victim alone send its masked update,
+    # kill it (its client and its job process), then let the others go on
+    trees = _hold_at_training(federation, job_id, CLUBS, round_number=1)
+    victim = "club_02"
+    _signal(trees[victim], signal.SIGCONT)
+    _wait_for(federation, job_id, lambda e: e["event"] == "site_update" and e["round"] == 1 and e["site"] == victim,
+              "the victim's round 1 update")  # fmt: skip
+    _signal(trees.pop(victim), signal.SIGKILL)
     federation.kill(victim)
+    for tree in trees.values():
+        _signal(tree, signal.SIGCONT)
     meta, record = _finish(federation, job_id, tmp_path / "download")
 
     # Assert: all three rounds completed; in round 1 the victim's masked update counts, its unmask reply is missing
@@ -178,7 +211,7 @@ def test_a_club_killed_after_masking_leaves_the_round_to_the_others(federation: 
     trail = next(e for e in events if e["event"] == "secure_aggregation" and e["round"] == 1)
     steps = {s["step"]: s for s in trail["steps"]}
     assert victim in steps["masked_update"]["took_part"] and steps["unmask"]["dropped"] == [victim]
-    assert "no answer" in steps["unmask"]["reasons"][victim] or "failed" in steps["unmask"]["reasons"][victim]
+    assert "failed" in steps["unmask"]["reasons"][victim]  # unreachable, or timed out
     assert trail["aggregated"] == CLUBS
     later = next(e for e in events if e["event"] == "secure_aggregation" and e["round"] == 2)
     assert later["aggregated"] == [c for c in CLUBS if c != victim]
@@ -215,32 +248,32 @@ def _fedavg_round(federation: Federation, settings: JobSettings, start: dict, ro
 
 
 def test_fewer_than_t_clubs_aborts_the_round_and_keeps_the_last_good_model(federation: Federation, tmp_path: Path):
-    """A club that stops answering (frozen, still connected) leaves two of t=3: the round is aborted by fitfed.
+    """A club that stops answering (frozen, still connected) after masking leaves two of t=3 to unmask.
 
     A club whose process dies is soon dropped by FLARE, which itself ends a job below min_clients (>= t);
-    a club that stays connected but silent is what only the protocol's step timeout catches.
+    a club that stays connected but silent is what the protocol's own step timeout catches.
     """
-    # Setup: three clubs are left; t=3 with FLARE's 2 s polling, and 3 s for each protocol step
+    # Setup: three clubs are left; t=3, and 3 s for each protocol step
     left = sorted(federation.processes.keys() - {federation.roster.server.host})
     assert len(left) == 3
     settings = _settings("fedavg_masked_churn", num_rounds=5, min_clients=3, min_updates=3,
-                         timing=RoundTiming.flare_defaults(),
                          secure_aggregation=SecureAggregation(threshold=3, step_timeout=3))  # fmt: skip
     job_id = _submit(federation, _export(tmp_path, "fedavg_masked_churn", settings))
 
-    # Execute: as soon as round 0 is unmasked, freeze a club (before it can fetch round 1's first task)
-    _wait_for(federation, job_id, lambda e: e["event"] == "secure_aggregation" and e["round"] == 0, "round 0")
-    frozen = left[-1]
-    parent = psutil.Process(federation.processes[frozen].pid)
-    tree = [parent, *parent.children(recursive=True)]  # FLARE runs the club's job in a process of its own
-    for process in tree:
-        process.send_signal(signal.SIGSTOP)
+    # Execute: hold every club as round 1's training goes out; let the chosen club send its masked update,
+    # then freeze it (it stays connected) and let the others go on
+    trees = _hold_at_training(federation, job_id, left, round_number=1)
+    frozen = left[0]
+    _signal(trees[frozen], signal.SIGCONT)
+    _wait_for(federation, job_id, lambda e: e["event"] == "site_update" and e["round"] == 1 and e["site"] == frozen,
+              "the frozen club's round 1 update")  # fmt: skip
+    _signal(trees[frozen], signal.SIGSTOP)
+    for club in left[1:]:
+        _signal(trees[club], signal.SIGCONT)
     try:
         meta, record = _finish(federation, job_id, tmp_path / "download")
     finally:
-        for process in tree:  # SIGKILL ends a stopped process too
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
+        _signal(trees[frozen], signal.SIGKILL)  # SIGKILL ends a stopped process too
         federation.kill(frozen)
 
     # Assert: the job stopped and says why; round 1's trail names the step and the silent club
@@ -248,10 +281,12 @@ def test_fewer_than_t_clubs_aborts_the_round_and_keeps_the_last_good_model(feder
     events = verify_chain(record / "events.jsonl")
     aborted = [e for e in events if e["event"] == "round_aborted"]
     assert len(aborted) == 1 and aborted[0]["round"] == 1
-    assert "fewer than the threshold t=3" in aborted[0]["reason"]
+    assert "completed the unmask step, fewer than the threshold t=3" in aborted[0]["reason"]
     assert "stays as it was after 1 completed round(s)" in aborted[0]["reason"]
     trail = next(e for e in events if e["event"] == "secure_aggregation" and e["round"] == 1)
-    assert trail["steps"][-1]["dropped"] == [frozen] and "no answer" in trail["steps"][-1]["reasons"][frozen]
+    unmask = trail["steps"][-1]
+    assert unmask["step"] == "unmask" and unmask["dropped"] == [frozen], "the freeze came too late to test this"
+    assert "TIMEOUT" in unmask["reasons"][frozen]
     assert [e["round"] for e in events if e["event"] == "round_completed"] == [0]
 
     # Assert: the global model is round 0's, and no model was made for the aborted round

@@ -288,24 +288,3 @@ def test_a_dp_sgd_epsilon_already_reported_adds_up(tmp_path: Path):
 def test_settings_are_checked_when_the_scope_is_loaded(args, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         GaussianUpdateDP(**args)
-
-
-@pytest.mark.parametrize("task_name", ["fitfed_secagg_advertise", "fitfed_secagg_share", "fitfed_secagg_unmask"])
-def test_secure_aggregation_key_exchanges_pass_and_nothing_is_charged(tmp_path: Path, task_name: str):
-    # Prepare: a protocol reply (keys and sealed shares, nothing computed from data) is not a DXO
-    kit = _kit(tmp_path)
-    reply = Shareable()
-    reply["fitfed_secagg"] = {"advertisement": {"club": SITE}}
-    fl_ctx = _context(kit)
-    fl_ctx.set_prop(FLContextKey.TASK_NAME, task_name, private=True, sticky=False)
-
-    # Execute
-    out = apply_filters("task_result_filters", reply, fl_ctx, {f"{task_name}/out": [GaussianUpdateDP(1.0, 1.0)]},
-                        task_name, FilterKey.OUT)  # fmt: skip
-
-    # Assert: passed untouched, no spend; the same non-DXO result from a training task is still refused
-    assert out["fitfed_secagg"] == {"advertisement": {"club": SITE}} and _events(kit) == []
-    fl_ctx.set_prop(FLContextKey.TASK_NAME, "train", private=True, sticky=False)
-    with pytest.raises(ValueError, match="not a DXO"):
-        apply_filters("task_result_filters", reply, fl_ctx, {"train/out": [GaussianUpdateDP(1.0, 1.0)]}, "train",
-                      FilterKey.OUT)  # fmt: skip

@@ -15,7 +15,8 @@ class SecureAggregation(BaseModel):
         threshold: t, the fewest clubs that must stay to the end of a round for it to be unmasked; at most
             the job's min_clients. A larger t tolerates fewer drop-outs but needs more clubs to collude
             with the server to open one club's update (more than half the round's clubs is the usual choice).
-        step_timeout: seconds each club has to answer a protocol exchange before it counts as dropped.
+        step_timeout: seconds each club has to answer a protocol exchange before it counts as dropped (the job's
+            first exchange also waits up to 5 minutes for the clubs' jobs to start).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -2,21 +2,22 @@
 
 Each round, :class:`MaskedFedAvg` asks every connected club to advertise keys, relays them so clubs can
 share their secrets, sends the global model for training (the clubs return masked updates), and asks
-the survivors to unmask. It learns the weighted mean of the survivors' updates and nothing more.
+the survivors to unmask. Training is FLARE's usual task; the other three exchanges are aux messages
+pushed to every club at once, so they add no task polling to the round. The server learns the weighted
+mean of the survivors' updates and nothing more.
 Every step's participants, drop-outs and refusals go to the run record; no secret material does.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.fl_constant import ReturnCode
-from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.app_constant import AppConstants
@@ -36,8 +37,8 @@ class MaskedFedAvg(ModelController):
     Args:
         num_rounds: federated rounds.
         threshold: t, the fewest clubs that must stay to the end of a round for it to be unmasked.
-        step_timeout: seconds a club has to answer each protocol exchange; training is not timed out, nor is
-            the job's very first exchange, which also waits for the clubs' job processes to start.
+        step_timeout: seconds a club has to answer each protocol exchange (training is not timed out); the job's
+            first exchange waits up to 5 minutes (or step_timeout, if longer) for the clubs' jobs to start.
         persistor_id: the FLARE persistor holding the global model.
         ignore_result_error: FLARE's setting; a failed club is left out of its round.
         task_check_period: how often FLARE checks for answered tasks (see :mod:`fitfed.round_timing`).
@@ -103,9 +104,11 @@ class MaskedFedAvg(ModelController):
         server = ServerRound(context, ca, length)
         try:
             # (1) keys, signed with each club's FLARE identity
-            # Round 0's first task also waits for each club's job process to start, which FLARE bounds itself.
-            first = 0 if round_ == 0 else self.step_timeout
-            answers = self._exchange(ADVERTISE, {c: {"context": context.model_dump()} for c in clubs}, timeout=first)
+            # Round 0's first message may reach a club whose job is still starting: keep asking a while.
+            patience = max(self.step_timeout, _JOB_START_SECONDS) if round_ == 0 else 0.0
+            answers = self._exchange(
+                ADVERTISE, {c: {"context": context.model_dump()} for c in clubs}, patience=patience
+            )
             took = self._take(trail, "advertise", clubs, answers,
                               lambda c, p: server.receive_advertisement(c, p.get("advertisement")))  # fmt: skip
             server.need(took, "key advertisement")
@@ -157,23 +160,41 @@ class MaskedFedAvg(ModelController):
         self.event(AppEventType.BEFORE_AGGREGATION)
         return outcome
 
-    def _exchange(self, step: str, payloads: dict[str, dict], timeout: int | None = None) -> dict[str, Any]:
-        """One protocol step: a task per club with its own payload; returns each club's answer or failure."""
+    def _exchange(self, step: str, payloads: dict[str, dict], *, patience: float = 0.0) -> dict[str, Any]:
+        """One protocol step: an aux message to each club with its own payload, all at once; each club's answer.
+
+        ``patience``: how long to keep asking a club that cannot take the message yet (its job still starting).
+        Each club gets its own request (FLARE 2.9's ``multicast_aux_requests`` fails on a keyword argument its
+        cell does not take), sent from a small thread pool so the clubs answer in parallel.
+        """
         answers: dict[str, Any] = {}
-
-        def received(client_task: ClientTask, fl_ctx: FLContext) -> None:
-            result, client_task.result = client_task.result, None
-            code = result.get_return_code(ReturnCode.OK) if isinstance(result, Shareable) else "no result"
-            answers[client_task.client.name] = result.get(PAYLOAD) if code == ReturnCode.OK else _Failed(code)
-
-        for club, payload in payloads.items():
-            data = Shareable()
-            data[PAYLOAD] = payload
-            timeout = self.step_timeout if timeout is None else timeout
-            task = Task(name=step, data=data, timeout=timeout, result_received_cb=received)
-            self.broadcast(task=task, fl_ctx=self.fl_ctx, targets=[club], min_responses=1)
-        self._wait()
+        waiting = dict(payloads)
+        deadline = time.monotonic() + patience
+        # A message to a job that has not started is lost, not refused: while patient, ask again every few seconds.
+        attempt = min(float(self.step_timeout), _RETRY_SECONDS) if patience else float(self.step_timeout)
+        retry = _NOT_YET | {ReturnCode.TIMEOUT} if patience else _NOT_YET
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(payloads)))) as pool:
+            while waiting:
+                asked = pool.map(lambda kv: self._ask(step, *kv, timeout=attempt), waiting.items())
+                replies = dict(zip(waiting, asked, strict=True))
+                for club, reply in replies.items():
+                    code = reply.get_return_code(ReturnCode.OK) if isinstance(reply, Shareable) else "no reply"
+                    answers[club] = reply.get(PAYLOAD) if code == ReturnCode.OK else _Failed(code)
+                    if code == ReturnCode.OK or code not in retry:
+                        del waiting[club]
+                if not waiting or time.monotonic() >= deadline or self.abort_signal.triggered:
+                    break
+                time.sleep(0.2)  # some refusals come back at once
         return answers
+
+    def _ask(self, step: str, club: str, payload: dict, timeout: float) -> Shareable | None:
+        request = Shareable()
+        request[PAYLOAD] = payload
+        with self.engine.new_context() as fl_ctx:
+            replies = self.engine.send_aux_request(
+                targets=[club], topic=step, request=request, timeout=timeout, fl_ctx=fl_ctx
+            )
+        return replies.get(club)
 
     def _take(self, trail: dict, step: str, asked: list[str], answers: dict[str, Any], accept: Any) -> list[str]:
         """Feed each answer to the protocol; a refused or missing answer drops that club from the round."""
@@ -213,6 +234,12 @@ class MaskedFedAvg(ModelController):
 
     def _audit(self, record: dict[str, Any]) -> None:
         self.fire_event_with_data(AUDIT_EVENT, self.fl_ctx, AUDIT_RECORD, record)
+
+
+# What a club whose job has not started yet answers (no handler for the topic yet, or no job cell to reach).
+_RETRY_SECONDS = 3.0
+_JOB_START_SECONDS = 300.0  # how long the job's first exchange waits for the clubs' jobs to start
+_NOT_YET = {ReturnCode.TOPIC_UNKNOWN, ReturnCode.COMMUNICATION_ERROR, ReturnCode.SERVICE_UNAVAILABLE, "no reply"}
 
 
 class _Failed:

@@ -33,7 +33,6 @@ from nvflare.app_common.app_constant import AppConstants
 from fitfed.config import load_site_config, site_config_path
 from fitfed.privacy.accounting import ACCOUNTANTS, epsilon_spent
 from fitfed.privacy.ledger import PrivacyLedger, Spend, ledger_path
-from fitfed.secagg.club import PROTOCOL_TASKS
 
 DP_META_KEY = "fitfed_dp"
 MECHANISM = "update_dp"
@@ -83,10 +82,6 @@ class GaussianUpdateDP(DXOFilter):
             return shareable
         if direction != FilterKey.OUT:
             raise ValueError(f"filter direction {direction!r}: list {type(self).__name__} under task filters only")
-        if fl_ctx.get_prop(FLContextKey.TASK_NAME) in PROTOCOL_TASKS:
-            # Secure aggregation's key exchanges carry fresh random keys and sealed shares of random secrets,
-            # nothing computed from the club's data; its masked update is the training task's, noised here first.
-            return shareable
         if shareable.get_return_code() == ReturnCode.OK:
             try:
                 from_shareable(shareable)

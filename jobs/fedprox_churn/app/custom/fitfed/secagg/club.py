@@ -2,7 +2,9 @@
 
 Three parts share one :class:`SecAggClub` component (job id ``fitfed_secagg_club``):
 
-- :class:`SecAggExecutor` answers the advertise, share and unmask tasks.
+- :class:`SecAggClub` itself answers the advertise, share and unmask steps. They are FLARE aux messages the
+  server pushes to the club's job, answered at once, so they cost no task polling (see docs/round-timing.md);
+  only the server may send them.
 - :class:`ReadRoundPlan` reads, from the training task, which clubs shared keys this round.
 - :class:`MaskUpdate` turns the training result into the masked vector. It is a job filter, so FLARE runs
   it after the club's privacy-scope filters: differential privacy is applied before masking.
@@ -19,13 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.executor import Executor
+from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
-from nvflare.apis.signal import Signal
 
 from fitfed.secagg.identity import ROOT_CA, ClubIdentity, KeyRefused, load_ca
 from fitfed.secagg.masks import SealError
@@ -33,7 +34,6 @@ from fitfed.secagg.protocol import ClubRound, ProtocolRejected, RoundAborted, Ro
 
 CLUB_COMPONENT = "fitfed_secagg_club"
 ADVERTISE, SHARE, UNMASK = "fitfed_secagg_advertise", "fitfed_secagg_share", "fitfed_secagg_unmask"
-PROTOCOL_TASKS = (ADVERTISE, SHARE, UNMASK)
 PAYLOAD = "fitfed_secagg"  # the key under which protocol messages travel in a Shareable or a DXO's meta
 MASKED = "fitfed_masked"  # the masked vector's name in the training result
 MASKING_ALGORITHM = "fitfed-masking"  # the result's PROCESSED_ALGORITHM, as FLARE's HE marks CKKS
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 class SecAggClub(FLComponent):
-    """This club's identity and its current round, shared by the executor and the filters."""
+    """This club's identity and its current round: answers the protocol's steps and serves the filters."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,6 +53,41 @@ class SecAggClub(FLComponent):
         self._round: ClubRound | None = None
         self._sharers: tuple[str, ...] | None = None
         self._last_round = -1
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """At the start of the job, take the protocol's steps as aux messages from the server."""
+        if event_type == EventType.START_RUN:
+            engine = fl_ctx.get_engine()
+            for topic in (ADVERTISE, SHARE, UNMASK):
+                engine.register_aux_message_handler(topic=topic, message_handle_func=self._answer)
+
+    def _answer(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
+        """Run one protocol step and reply with its message; a refusal replies with an error and its reason logged."""
+        peer = fl_ctx.get_peer_context()
+        sender = peer.get_identity_name() if peer is not None else None
+        if self._round is not None and sender in self._round.context.roster:
+            self.log_error(fl_ctx, f"{topic}: refused a protocol step sent by club {sender}, not by the server")
+            return make_reply(ReturnCode.UNAUTHENTICATED)
+        payload = request.get(PAYLOAD)
+        if not isinstance(payload, dict):
+            self.log_error(fl_ctx, f"{topic}: the server's message is malformed (no {PAYLOAD} payload)")
+            return make_reply(ReturnCode.BAD_REQUEST_DATA)
+        try:
+            if topic == ADVERTISE:
+                answer = self.advertise(payload, fl_ctx)
+            elif topic == SHARE:
+                answer = self.share(payload)
+            else:
+                answer = self.unmask(payload)
+        except _REFUSALS as e:  # the reason names clubs and rounds, never secret material
+            self.log_error(fl_ctx, f"{topic}: this club refuses the step: {e}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        except ValueError as e:
+            self.log_error(fl_ctx, f"{topic}: the server's message is malformed: {type(e).__name__}")
+            return make_reply(ReturnCode.BAD_REQUEST_DATA)
+        reply = make_reply(ReturnCode.OK)
+        reply[PAYLOAD] = answer
+        return reply
 
     def _load_identity(self, fl_ctx: FLContext) -> None:
         if self._identity is None:
@@ -65,6 +100,8 @@ class SecAggClub(FLComponent):
         self._load_identity(fl_ctx)
         assert self._identity is not None
         context = RoundContext.model_validate(payload.get("context"))
+        if self._round is not None and self._round.context == context and self._sharers is None:
+            return {"advertisement": self._round.advertise().model_dump()}  # the server asked again: same keys
         if context.job_id != fl_ctx.get_job_id():
             raise ProtocolRejected(f"a round context for job {context.job_id!r}, not this job")
         if context.round <= self._last_round:
@@ -109,36 +146,6 @@ def _club(fl_ctx: FLContext) -> SecAggClub:
     if not isinstance(club, SecAggClub):
         raise RuntimeError(f"secure aggregation needs the job component {CLUB_COMPONENT!r}; re-export the job")
     return club
-
-
-class SecAggExecutor(Executor):
-    """Answers the protocol's advertise, share and unmask tasks; a refusal fails the task with its reason."""
-
-    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        """Run one protocol step for this club and reply with its message."""
-        club = _club(fl_ctx)
-        payload = shareable.get(PAYLOAD)
-        if not isinstance(payload, dict):
-            self.log_error(fl_ctx, f"{task_name}: the server's message is malformed (no {PAYLOAD} payload)")
-            return make_reply(ReturnCode.BAD_TASK_DATA)
-        try:
-            if task_name == ADVERTISE:
-                answer = club.advertise(payload, fl_ctx)
-            elif task_name == SHARE:
-                answer = club.share(payload)
-            elif task_name == UNMASK:
-                answer = club.unmask(payload)
-            else:
-                return make_reply(ReturnCode.TASK_UNKNOWN)
-        except _REFUSALS as e:  # the reason names clubs and rounds, never secret material
-            self.log_error(fl_ctx, f"{task_name}: this club refuses the step: {e}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        except ValueError as e:
-            self.log_error(fl_ctx, f"{task_name}: the server's message is malformed: {type(e).__name__}")
-            return make_reply(ReturnCode.BAD_TASK_DATA)
-        reply = make_reply(ReturnCode.OK)
-        reply[PAYLOAD] = answer
-        return reply
 
 
 class ReadRoundPlan(Filter):
