@@ -102,7 +102,7 @@ class BenchSettings(BaseModel):
 
     clubs: list[int] = [4, 20, 50]
     rounds: int = Field(default=10, ge=1)
-    federation_rounds: int = Field(default=6, ge=2)
+    federation_rounds: int = Field(default=11, ge=2)
     hidden_units: int | None = Field(default=None, ge=1, le=4096)
     dropouts: bool = True
     seed: int = Field(default=0, ge=0)
@@ -629,8 +629,9 @@ def markdown(payload: dict[str, Any]) -> str:
         plain = federation.get("plain", {}).get("seconds_per_round")
         masked = federation.get("masking", {}).get("seconds_per_round")
         if plain and masked:
-            lines.append(f"Masking's round has four exchanges (advertise, share, train, unmask) where plain has one: "
-                         f"each extra exchange adds about {(masked - plain) / 3:.3f} s here.")  # fmt: skip
+            lines.append(f"A masked round has the same one task (train) as plain, plus three aux messages the server "
+                         f"pushes to every club (advertise, share, unmask), which wait for no task polling: together "
+                         f"they add {masked - plain:.3f} s per round here.")  # fmt: skip
         lines.append("")
     else:
         lines += ["## Real federation", "", "Not run (`--skip-federation`).", ""]
@@ -647,8 +648,7 @@ def markdown(payload: dict[str, Any]) -> str:
             f"20 or 50 FLARE clubs as processes (each club is two processes of 0.3 to 0.6 GB, all queueing for 2 "
             f"cores). Each estimate is the set-up's measured {FEDERATION_CLUBS}-club round plus the change in its "
             f"modelled compute (the table below) from {FEDERATION_CLUBS} to n clubs; it leaves out whatever more "
-            "clubs add to FLARE's own messaging, which is the same for every set-up per exchange but counts four "
-            "times in a masked round.", "",
+            "clubs add to FLARE's own messaging (for masking, three more messages to every club each round).", "",
         ]  # fmt: skip
     if check["ratio"] is not None:
         met = "**met**" if check["met"] else "**not met**"

@@ -88,7 +88,7 @@ def test_masked_job_gives_plaintext_fedavg_on_four_clubs(federation: Federation,
     for trail in trails:  # names, steps and reasons only: no keys, seeds, shares or masked values
         assert set(trail) == {"event", "round", "threshold", "selected", "steps", "aggregated",
                               "dropped_before_masking", "time", "seq", "prev_hash", "hash"}  # fmt: skip
-        assert all(set(s) == {"step", "took_part", "dropped", "reasons"} for s in trail["steps"])
+        assert all(set(s) == {"step", "seconds", "took_part", "dropped", "reasons"} for s in trail["steps"])
         assert trail["aggregated"] == CLUBS and trail["dropped_before_masking"] == []
         assert [s["step"] for s in trail["steps"]] == ["advertise", "share", "masked_update", "unmask"]
         assert all(s["took_part"] == CLUBS and s["dropped"] == [] for s in trail["steps"])

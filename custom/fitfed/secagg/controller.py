@@ -59,6 +59,7 @@ class MaskedFedAvg(ModelController):
         self.num_rounds = num_rounds
         self.threshold = threshold
         self.step_timeout = step_timeout
+        self._step_clock = time.monotonic()
 
     def run(self) -> None:
         """Every round: advertise, share, train and mask, unmask; stop the job if a round cannot be unmasked."""
@@ -101,6 +102,7 @@ class MaskedFedAvg(ModelController):
                 f"round {round_}: only {len(clubs)} club(s) connected, fewer than the threshold t={self.threshold}"
             ) from None
         length = sum(int(np.prod(_shape(v))) for v in model.params.values())
+        self._step_clock = time.monotonic()
         server = ServerRound(context, ca, length)
         try:
             # (1) keys, signed with each club's FLARE identity
@@ -215,11 +217,14 @@ class MaskedFedAvg(ModelController):
         self._step(trail, step, asked, outcome)
         return [c for c in asked if outcome.get(c) is None and c in outcome]
 
-    @staticmethod
-    def _step(trail: dict, step: str, asked: list[str], outcome: dict[str, str | None]) -> None:
+    def _step(self, trail: dict, step: str, asked: list[str], outcome: dict[str, str | None]) -> None:
+        """Record a step: who took part, who dropped and why, and how long it took since the step before."""
         took = [c for c in asked if c in outcome and outcome[c] is None]
+        now = time.monotonic()
+        seconds, self._step_clock = now - self._step_clock, now
         trail["steps"].append({
             "step": step,
+            "seconds": round(seconds, 3),
             "took_part": took,
             "dropped": [c for c in asked if c not in took],
             "reasons": {c: r for c, r in outcome.items() if r is not None},
