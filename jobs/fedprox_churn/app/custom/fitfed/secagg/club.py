@@ -14,6 +14,7 @@ A round's secrets live in the club's job process for that round only and never l
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class SecAggClub(FLComponent):
         super().__init__()
         self._identity: ClubIdentity | None = None
         self._ca: Any = None
+        self._server: str | None = None
         self._round: ClubRound | None = None
         self._sharers: tuple[str, ...] | None = None
         self._last_round = -1
@@ -63,11 +65,12 @@ class SecAggClub(FLComponent):
 
     def _answer(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
         """Run one protocol step and reply with its message; a refusal replies with an error and its reason logged."""
+        self._load_identity(fl_ctx)
         peer = fl_ctx.get_peer_context()
         sender = peer.get_identity_name() if peer is not None else None
-        if self._round is not None and sender in self._round.context.roster:
-            self.log_error(fl_ctx, f"{topic}: refused a protocol step sent by club {sender}, not by the server")
-            return make_reply(ReturnCode.UNAUTHENTICATED)
+        if sender != self._server:  # FLARE lets clubs message each other; only the server runs the protocol
+            self.log_error(fl_ctx, f"{topic}: refused a protocol step sent by {sender}, not by the server")
+            return make_reply(ReturnCode.BAD_PEER_CONTEXT)
         payload = request.get(PAYLOAD)
         if not isinstance(payload, dict):
             self.log_error(fl_ctx, f"{topic}: the server's message is malformed (no {PAYLOAD} payload)")
@@ -94,6 +97,8 @@ class SecAggClub(FLComponent):
             startup = Path(fl_ctx.get_engine().get_workspace().get_startup_kit_dir())
             self._identity = ClubIdentity.from_kit(startup, fl_ctx.get_identity_name())
             self._ca = load_ca(startup / ROOT_CA)
+            # The kit names the federation's server; its identity is what FLARE authenticates messages with.
+            self._server = json.loads((startup / "fed_client.json").read_text())["servers"][0]["name"]
 
     def advertise(self, payload: dict, fl_ctx: FLContext) -> dict:
         """Start a round: check it is this job's next round and that this club is in it, then sign fresh keys."""
