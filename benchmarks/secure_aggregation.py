@@ -74,7 +74,7 @@ from fitfed.jobs import build_recipe, export_into, load_job_module
 from fitfed.report import round_seconds
 from fitfed.secagg.club import MASKED, MASKING_ALGORITHM, PAYLOAD, WEIGHT_KEY
 from fitfed.secagg.config import SecureAggregation
-from fitfed.secagg.encoding import rounding_error
+from fitfed.secagg.encoding import flatten, rounding_error, unflatten
 from fitfed.secagg.identity import ClubIdentity
 from fitfed.secagg.protocol import ClubRound, RoundContext, ServerRound, weighted_update
 from fitfed.task import load_site_data, make_model
@@ -171,28 +171,14 @@ class Ledger:
         }
 
 
-def _flat(params: dict[str, np.ndarray]) -> np.ndarray:
-    """Parameters in sorted name order, as fitfed's masking filter flattens them, in float64."""
-    return np.concatenate([np.asarray(params[k], dtype=np.float64).ravel() for k in sorted(params)])
-
-
-def _unflat(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out, offset = {}, 0
-    for name in sorted(like):
-        size = like[name].size
-        out[name] = flat[offset : offset + size].reshape(like[name].shape)
-        offset += size
-    return out
-
-
 def _apply(global_params: dict[str, np.ndarray], mean: np.ndarray) -> dict[str, np.ndarray]:
-    delta = _unflat(mean, global_params)
+    delta = unflatten(mean, global_params)
     return {k: (v + delta[k]).astype(np.float32) for k, v in global_params.items()}
 
 
 def _reference(updates: dict[str, dict[str, np.ndarray]], weights: dict[str, float], clubs: list[str]) -> np.ndarray:
     """The plaintext weighted mean over ``clubs``, in float64: what every set-up must compute."""
-    return sum(weights[c] * _flat(updates[c]) for c in clubs) / sum(weights[c] for c in clubs)
+    return sum(weights[c] * flatten(updates[c]) for c in clubs) / sum(weights[c] for c in clubs)
 
 
 # -- the three set-ups, one round each ---------------------------------------------------------------------------
@@ -215,7 +201,7 @@ def plain_round(ledger: Ledger, global_params: dict, updates: dict, weights: dic
         for club in clubs:
             dxo = from_shareable(received[club])
             w = float(dxo.get_meta_prop(WEIGHT_KEY))
-            total = w * _flat(dxo.data) if total is None else total + w * _flat(dxo.data)
+            total = w * flatten(dxo.data) if total is None else total + w * flatten(dxo.data)
             weight += w
         mean = total / weight
         _apply(global_params, mean)
@@ -250,8 +236,8 @@ def he_round(ledger: Ledger, keys: HEKeys, global_chunks: list[bytes], updates: 
         task = ledger.to_club(club, task)
         with ledger.club(club):
             data = from_shareable(task).data
-            _unflat(keys.decrypt([data[f"chunk_{i}"] for i in range(len(data))]), like)  # the model it trains on
-            chunks = keys.encrypt(_flat(updates[club]) * weights[club])  # FLARE's encryptor weighs by steps
+            unflatten(keys.decrypt([data[f"chunk_{i}"] for i in range(len(data))]), like)  # the model it trains on
+            chunks = keys.encrypt(flatten(updates[club]) * weights[club])  # FLARE's encryptor weighs by steps
             meta = {WEIGHT_KEY: weights[club], MetaKey.PROCESSED_ALGORITHM: "CKKS"}
             dxo = DXO(DataKind.WEIGHT_DIFF, data={f"chunk_{i}": c for i, c in enumerate(chunks)}, meta=meta)
             result = dxo.to_shareable()
@@ -321,7 +307,7 @@ def masking_round(ledger: Ledger, identities: dict[str, ClubIdentity], ca: x509.
         with ledger.club(club):
             dxo = from_shareable(task)
             sharers = dxo.get_meta_prop(PAYLOAD)["sharers"]
-            masked = rounds[club].mask(weighted_update(_flat(updates[club]), weights[club]), sharers)
+            masked = rounds[club].mask(weighted_update(flatten(updates[club]), weights[club]), sharers)
             meta = {WEIGHT_KEY: weights[club], MetaKey.PROCESSED_ALGORITHM: MASKING_ALGORITHM}
             result = DXO(DataKind.WEIGHT_DIFF, data={MASKED: masked}, meta=meta).to_shareable()
         back = from_shareable(ledger.to_server(club, result))
@@ -424,7 +410,7 @@ def run_cell(variant: str, n: int, settings: BenchSettings, global_params: dict,
     """One set-up at n clubs: a warm-up round, then ``settings.rounds`` timed rounds; medians and the worst error."""
     clubs = club_names(n)
     ids = {c: identities[c] for c in clubs}
-    he_global = keys.encrypt(_flat(global_params))  # stands in for the previous round's encrypted model
+    he_global = keys.encrypt(flatten(global_params))  # stands in for the previous round's encrypted model
     rows, worst = [], 0.0
     for round_ in range(settings.rounds + 1):
         updates, weights = make_updates(clubs, global_params, seed=settings.seed * 1_000 + n * 10 + round_)

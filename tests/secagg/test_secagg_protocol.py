@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitfed.secagg.encoding import decode, encode, rounding_error
+from fitfed.secagg.encoding import decode, encode, flatten, rounding_error, unflatten
 from fitfed.secagg.identity import KeyRefused
 from fitfed.secagg.protocol import ClubRound, ProtocolRejected, RoundAborted, RoundContext, ServerRound, weighted_update
 
@@ -246,3 +246,14 @@ def test_fixed_point_round_trip_and_refusals():
         encode(np.array([1e12]))
     with pytest.raises(ValueError, match="NaN or infinity"):
         encode(np.array([np.nan]))
+
+
+def test_flatten_and_unflatten_share_one_layout_for_tensors_and_arrays():
+    import torch
+
+    params = {"b.bias": torch.tensor([1.0, 2.0]), "a.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    flat = flatten(params)
+    assert flat.dtype == np.float64 and flat.tolist() == [0, 1, 2, 3, 4, 5, 1, 2]  # sorted by name
+    back = unflatten(flat, params)
+    assert back.keys() == params.keys() and back["a.weight"].shape == (2, 3)
+    np.testing.assert_array_equal(back["b.bias"], [1.0, 2.0])

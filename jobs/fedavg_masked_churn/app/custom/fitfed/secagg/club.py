@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import Filter
@@ -29,6 +28,7 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
+from fitfed.secagg.encoding import flatten
 from fitfed.secagg.identity import ROOT_CA, ClubIdentity, KeyRefused, load_ca
 from fitfed.secagg.masks import SealError
 from fitfed.secagg.protocol import ClubRound, ProtocolRejected, RoundAborted, RoundContext, weighted_update
@@ -169,8 +169,8 @@ class ReadRoundPlan(Filter):
 class MaskUpdate(Filter):
     """A task-result filter on the training task: replaces the update with its masked, weighted vector.
 
-    Parameters are flattened in sorted name order, as the server unflattens them. Metrics and the weight
-    stay in the result's meta, in the clear, as in any FedAvg job.
+    Parameters are laid out by :func:`fitfed.secagg.encoding.flatten`, which the server inverts. Metrics and the
+    weight stay in the result's meta, in the clear, as in any FedAvg job.
     """
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -185,13 +185,7 @@ class MaskUpdate(Filter):
         weight = float(dxo.get_meta_prop(WEIGHT_KEY, 0) or 0)
         if weight <= 0:
             raise ProtocolRejected(f"the training result has no positive {WEIGHT_KEY}; nothing is sent")
-        flat = np.concatenate([_as_numpy(dxo.data[name]).ravel() for name in sorted(dxo.data)])
-        masked = DXO(DataKind.WEIGHT_DIFF, data={MASKED: _club(fl_ctx).mask(flat, weight)}, meta=dict(dxo.meta))
+        masked = DXO(DataKind.WEIGHT_DIFF, data={MASKED: _club(fl_ctx).mask(flatten(dxo.data), weight)},
+                     meta=dict(dxo.meta))  # fmt: skip
         masked.set_meta_prop(MetaKey.PROCESSED_ALGORITHM, MASKING_ALGORITHM)
         return masked.update_shareable(shareable)
-
-
-def _as_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().double().numpy()
-    return np.asarray(value, dtype=np.float64)

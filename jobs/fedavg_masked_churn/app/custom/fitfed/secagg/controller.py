@@ -26,6 +26,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from pydantic import ValidationError
 
 from fitfed.secagg.club import ADVERTISE, MASKED, PAYLOAD, SHARE, UNMASK, WEIGHT_KEY
+from fitfed.secagg.encoding import as_float64, unflatten
 from fitfed.secagg.identity import ROOT_CA, KeyRefused, load_ca
 from fitfed.secagg.protocol import ProtocolRejected, RoundAborted, RoundContext, ServerRound
 from fitfed.server.run_record import AUDIT_EVENT, AUDIT_RECORD
@@ -80,7 +81,7 @@ class MaskedFedAvg(ModelController):
                 return
             if mean is None:  # FLARE is stopping the job
                 return
-            update = _unflatten(model, mean)
+            update = unflatten(mean, model.params)
             self.fire_event_with_data(
                 AppEventType.AFTER_AGGREGATION, self.fl_ctx, AppConstants.AGGREGATION_RESULT,
                 FLModel(params=update, params_type=ParamsType.DIFF),
@@ -101,7 +102,7 @@ class MaskedFedAvg(ModelController):
             raise RoundAborted(
                 f"round {round_}: only {len(clubs)} club(s) connected, fewer than the threshold t={self.threshold}"
             ) from None
-        length = sum(int(np.prod(_shape(v))) for v in model.params.values())
+        length = sum(int(np.prod(tuple(v.shape))) for v in model.params.values())
         self._step_clock = time.monotonic()
         server = ServerRound(context, ca, length)
         try:
@@ -203,8 +204,11 @@ class MaskedFedAvg(ModelController):
         outcome: dict[str, str | None] = {}
         for club in asked:
             answer = answers.get(club)
-            if isinstance(answer, _Failed) or answer is None:
-                outcome[club] = answer.reason if isinstance(answer, _Failed) else "no answer (gone or timed out)"
+            if club not in answers:
+                outcome[club] = "no answer (gone or timed out)"
+                continue
+            if isinstance(answer, _Failed):
+                outcome[club] = answer.reason
                 continue
             if not isinstance(answer, dict):
                 outcome[club] = "its answer is malformed"
@@ -256,27 +260,13 @@ def _reason(error: Exception) -> str:
     return f"refused: {error}" if not isinstance(error, ValidationError) else "refused: its message is malformed"
 
 
-def _shape(value: Any) -> tuple[int, ...]:
-    return tuple(value.shape)
-
-
-def _unflatten(model: FLModel, mean: np.ndarray) -> dict[str, np.ndarray]:
-    """The mean update as named arrays, in sorted parameter order as the clubs flattened it."""
-    update, offset = {}, 0
-    for name in sorted(model.params):
-        shape = _shape(model.params[name])
-        size = int(np.prod(shape))
-        update[name] = mean[offset : offset + size].reshape(shape)
-        offset += size
-    return update
-
-
 def _apply(model: FLModel, update: dict[str, np.ndarray]) -> FLModel:
     """The global model plus the mean update, each parameter in its own type and dtype."""
     params = {}
     for name, value in model.params.items():
+        updated = as_float64(value) + update[name]
         if isinstance(value, torch.Tensor):
-            params[name] = torch.as_tensor(value.detach().cpu().double().numpy() + update[name], dtype=value.dtype)
+            params[name] = torch.as_tensor(updated, dtype=value.dtype)
         else:
-            params[name] = (np.asarray(value, dtype=np.float64) + update[name]).astype(np.asarray(value).dtype)
+            params[name] = updated.astype(np.asarray(value).dtype)
     return FLModel(params=params, params_type=ParamsType.FULL, meta={})

@@ -7,7 +7,11 @@ is below 2^(63-FRACTION_BITS) (about 5.5e11), which :func:`encode` checks for on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+import torch
 
 FRACTION_BITS = 24
 MODULUS_BITS = 64
@@ -39,3 +43,26 @@ def encode(values: np.ndarray) -> np.ndarray:
 def decode(encoded: np.ndarray) -> np.ndarray:
     """The real values of a uint64 fixed-point vector (a sum of encoded vectors decodes to the sum)."""
     return np.asarray(encoded, dtype=np.uint64).view(np.int64).astype(np.float64) / SCALE
+
+
+def as_float64(value: Any) -> np.ndarray:
+    """A parameter (torch tensor or array) as a float64 numpy array."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def flatten(params: Mapping[str, Any]) -> np.ndarray:
+    """Named parameters as one float64 vector, in sorted name order: the layout clubs mask and the server unmasks."""
+    return np.concatenate([as_float64(params[name]).ravel() for name in sorted(params)])
+
+
+def unflatten(vector: np.ndarray, like: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`flatten`, shaped like ``like``'s parameters."""
+    out, offset = {}, 0
+    for name in sorted(like):
+        shape = tuple(like[name].shape)
+        size = int(np.prod(shape))
+        out[name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    return out
