@@ -119,9 +119,16 @@ def export_after_demo(job_workspace: Path, state_dir: Path) -> int:
 def format_report(report: ExportReport, settings: BridgeSettings) -> str:
     """What a user reads after an export: what was written, where, and how to look at it."""
     status = "finished" if report.finished else "still running"
+    if report.continued_by:
+        status = f"interrupted, resumed by job {report.continued_by} and exported with it"
     lines = [f"job {report.job_name} ({report.job_key}), {status}"]
+    if len(report.job_ids) > 1:
+        lines.append(f"  training      {' -> '.join(report.job_ids)}: resumed after a crash, one MLflow run")
     if report.nothing_new:
         lines.append(f"  nothing new: already exported as it is (MLflow run {report.run_id}); nothing was changed")
+    elif report.continued_by:
+        lines.append(f"  MLflow run {report.run_id}: the training's, already exported with job {report.continued_by}")
+        lines.append(f"  audit table   {report.audit_table}: +{report.audit_rows} row(s) of this job's audit.log files")
     else:
         run = "new MLflow run" if report.new_run else "MLflow run"
         lines.append(
@@ -149,10 +156,12 @@ def _where_to_look(report: ExportReport, settings: BridgeSettings) -> list[str]:
     path = warehouse.table_path(report.audit_table)
     lines = [f"  Delta table   {path}"]
     if (path / "_delta_log").is_dir():
-        rows = [r for r in warehouse.read(report.audit_table).to_pylist() if r["job_id"] == report.job_key]
+        jobs = set(report.job_ids or [report.job_key])
+        rows = [r for r in warehouse.read(report.audit_table).to_pylist() if r["job_id"] in jobs]
         counts = Counter(r["action_name"] for r in rows)
+        whose = "this job" if len(jobs) == 1 else "this training"
         lines.append(
-            f"  audit rows of this job ({len(rows)}): " + ", ".join(f"{a} {n}" for a, n in sorted(counts.items()))
+            f"  audit rows of {whose} ({len(rows)}): " + ", ".join(f"{a} {n}" for a, n in sorted(counts.items()))
         )
         lines += _preview(sorted(rows, key=lambda r: (r["event_time"], r["event_id"])))
     mlflow_bin = Path(sys.executable).parent / "mlflow"

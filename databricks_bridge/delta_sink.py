@@ -35,13 +35,13 @@ class LocalWarehouse:
         """Where table ``catalog.schema.table`` lives."""
         return self.root.joinpath(*name.split("."))
 
-    def existing_ids(self, name: str, job_id: str) -> set[str]:
-        """The event ids the table already holds for one job (empty for a new table)."""
+    def existing_ids(self, name: str, job_ids: list[str]) -> set[str]:
+        """The event ids the table already holds for some jobs (a training's; empty for a new table)."""
         path = self.table_path(name)
         if not (path / "_delta_log").is_dir():
             return set()
-        literal = job_id.replace("'", "''")
-        found = self._query(name, f"SELECT event_id FROM t WHERE job_id = '{literal}'")
+        literals = ", ".join("'" + job_id.replace("'", "''") + "'" for job_id in job_ids)
+        found = self._query(name, f"SELECT event_id FROM t WHERE job_id IN ({literals})")
         return {str(i) for i in found["event_id"].to_pylist()}
 
     def merge_audit_rows(self, name: str, rows: list[dict[str, Any]]) -> int:

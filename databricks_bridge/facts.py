@@ -57,13 +57,14 @@ def static_params(job: JobResult) -> dict[str, str]:
 
 
 def final_params(job: JobResult, sidecar: dict[str, Any] | None) -> dict[str, str]:
-    """Params known once the run finished: clubs, rounds done, ε spent, the task spec hash."""
-    clubs = (sidecar or {}).get("sites") or sorted({e["site"] for e in job.events if e.get("event") == "site_update"})
-    epsilon = epsilon_spent(job.events)
+    """Params known once the run finished: clubs, rounds done (by the whole training), ε spent, the task spec hash."""
+    events = job.training_events
+    clubs = (sidecar or {}).get("sites") or sorted({e["site"] for e in events if e.get("event") == "site_update"})
+    epsilon = epsilon_spent(events)
     params = {
         "clubs": ",".join(clubs),
         "num_clubs": len(clubs),
-        "rounds_completed": rounds_completed(job.events),
+        "rounds_completed": rounds_completed(events),
         "dp_epsilon_spent": OFF if epsilon is None else round(epsilon, 6),
     }
     if sidecar and sidecar.get("task_spec_sha256_16"):
@@ -83,7 +84,7 @@ def dp_settings(job: JobResult) -> dict[str, Any]:
     if filters:
         return {"dp": f"on ({', '.join(sorted(set(filters)))})"}
     # A club's strict scope applies DP outside the job's configs; its updates then report their epsilon.
-    return {"dp": "on (club privacy scope)" if epsilon_spent(job.events) is not None else OFF}
+    return {"dp": "on (club privacy scope)" if epsilon_spent(job.training_events) is not None else OFF}
 
 
 def aggregator(job: JobResult) -> str:
@@ -112,7 +113,9 @@ def lineage_tags(job: JobResult, params: dict[str, str], validation: float | Non
     tags = {
         "fitfed_job_id": job.job_key,
         "fitfed_job_name": job.job_name,
-        "fitfed_run_uid": job.uid,
+        "fitfed_run_uid": job.lineage_uid,
+        "fitfed_lineage_root": job.lineage_root,
+        "fitfed_job_ids": ",".join(job.job_ids),
         "fitfed_clubs": params.get("clubs", ""),
         "fitfed_rounds": params.get("rounds_completed", ""),
         "fitfed_algorithm": params.get("algorithm", ""),

@@ -7,6 +7,8 @@ Three layouts hold the same things:
   where ``workspace/`` is the server's run folder (``fitfed/``, ``app_server/``, ``audit.log``, ``log.txt``);
 - a server's run folder itself, ``<server workspace>/<job_id>/``, for exporting a job while it runs.
 
+A job resumed after a server crash also carries the run records of the jobs it continues
+(``fitfed/lineage/``); they are read and linked here too (see :mod:`databricks_bridge.lineage`).
 Everything is read and checked here, before the export writes anything.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 from databricks_bridge.audit_rows import is_audit_file, site_of
 from databricks_bridge.audit_rows import job_key as _job_key
 from databricks_bridge.errors import BridgeError, TamperedTrailError
+from databricks_bridge.lineage import LINEAGE_DIR, EarlierJob, link_lineage, resume_refusal, training_events
 from fitfed.audit import ChainError, verify_chain
 from fitfed.server.run_record import EVENTS_FILE, FINAL_MODEL, RECORD_DIR, ROUNDS_DIR
 
@@ -48,6 +51,7 @@ class JobResult:
         meta: the job's ``meta.json`` (empty if absent).
         audit_logs: FLARE audit files present, as (site, path).
         round_models: per-round global state dicts, by the round after which each was taken.
+        earlier: for a job resumed after a crash, the jobs it continues, oldest first (see ``lineage``).
     """
 
     root: Path
@@ -58,6 +62,7 @@ class JobResult:
     meta: dict[str, Any] = field(default_factory=dict)
     audit_logs: list[tuple[str, Path]] = field(default_factory=list)
     round_models: dict[int, Path] = field(default_factory=dict)
+    earlier: list[EarlierJob] = field(default_factory=list)
 
     @property
     def uid(self) -> str:
@@ -90,6 +95,41 @@ class JobResult:
         return any(e.get("event") == "run_finished" for e in self.events)
 
     @property
+    def resume_refusal(self) -> str | None:
+        """Why the server refused to resume the job this one was to continue (it then trained nothing)."""
+        return resume_refusal(self.events)
+
+    @property
+    def lineage_uid(self) -> str:
+        """The uid of the training's first job: one MLflow run holds a job and its continuations."""
+        return self.earlier[0].events[0]["hash"] if self.earlier else self.uid
+
+    @property
+    def lineage_root(self) -> str:
+        """The job id of the training's first job (this job's own, unless it is a continuation)."""
+        return self.earlier[0].job_key if self.earlier else self.job_key
+
+    @property
+    def job_ids(self) -> list[str]:
+        """The training's jobs, oldest first, ending with this one."""
+        return [*(e.job_key for e in self.earlier), self.job_key]
+
+    @property
+    def records(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The training's run records, oldest first, as (file, events): the earlier jobs' copies, then this job's."""
+        return [*((e.source, e.events) for e in self.earlier), (str(self.record_dir / EVENTS_FILE), self.events)]
+
+    @property
+    def trail(self) -> list[dict[str, Any]]:
+        """Every event of the training's run records, in order: the audit trail an export pins."""
+        return [e for _, events in self.records for e in events]
+
+    @property
+    def training_events(self) -> list[dict[str, Any]]:
+        """The events metrics and facts come from: the earlier jobs' kept rounds, then this job's record."""
+        return training_events(self.earlier, self.events)
+
+    @property
     def train_config(self) -> dict[str, Any]:
         """The job's TrainConfig, as raw JSON (fields added by later fitfed versions pass through)."""
         return self.configs[TRAIN_CONFIG]
@@ -108,7 +148,8 @@ def load_job_result(path: Path) -> JobResult:
 
     Raises:
         BridgeError: a missing or partial job result, naming the file that is missing or unreadable.
-        TamperedTrailError: the run record's hash chain does not verify.
+        TamperedTrailError: the run record's hash chain, or that of a record copy a continuation carries,
+            does not verify, or a copy is not the record the continuation resumed from.
     """
     path = Path(path)
     if not path.is_dir():
@@ -118,7 +159,7 @@ def load_job_result(path: Path) -> JobResult:
     events = read_events(record_dir / EVENTS_FILE)
     configs, config_paths = _configs(root, run_dir)
     meta_file = next((p for p in (root / "meta.json", run_dir / "meta.json") if p.is_file()), None)
-    return JobResult(
+    job = JobResult(
         root=root,
         record_dir=record_dir,
         events=events,
@@ -128,6 +169,10 @@ def load_job_result(path: Path) -> JobResult:
         audit_logs=_audit_logs(root),
         round_models=_round_models(record_dir / ROUNDS_DIR),
     )
+    folder = record_dir / LINEAGE_DIR
+    copies = {p.parent.name: (str(p), read_events(p)) for p in sorted(folder.glob(f"*/{EVENTS_FILE}"))}
+    job.earlier = link_lineage(job.job_key, events, copies, str(folder))
+    return job
 
 
 def read_events(events_file: Path) -> list[dict[str, Any]]:

@@ -1,14 +1,19 @@
-"""One MLflow run per FLARE job, written incrementally: what an earlier export logged is never logged again.
+"""One MLflow run per training, written incrementally: what an earlier export logged is never logged again.
 
-The run is found by the tag ``fitfed.run_uid`` (the hash of the run record's first event). Its
-tags also remember how far earlier exports got: ``fitfed.audit_seq``/``fitfed.audit_head`` (the
-run record exported so far), ``fitfed.rounds_logged`` (metric steps), ``fitfed.round_models``
-(per-round state dicts) and ``fitfed.model_id``. Metric points and their progress tag go in
-one ``log_batch``, so an interrupted export neither loses nor repeats a round.
+A training is a FLARE job, or a job and the continuations that resumed it after a server crash:
+exporting any of them adds to the same run. The run is found by the tag ``fitfed.run_uid`` (the
+hash of the first event of the training's first run record); ``fitfed.lineage_root`` and
+``fitfed.job_ids`` name its jobs. Its tags also remember how far earlier exports got:
+``fitfed.audit_seq``/``fitfed.audit_head`` (the training's run records exported so far),
+``fitfed.rounds_logged`` (metric steps), ``fitfed.round_models`` (per-round state dicts),
+``fitfed.lineage_heads`` (where each resumed job's record ended) and ``fitfed.model_id``. Metric
+points and their progress tag go in one ``log_batch``, so an interrupted export neither loses nor
+repeats a round.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -105,6 +110,12 @@ class RunState:
         """One of the run's ``fitfed.`` tags."""
         return self.run.data.tags.get(TAG + name) if self.run else None
 
+    @property
+    def job_ids(self) -> list[str]:
+        """The jobs exported into the run, oldest first (a run exported before lineages: its one job)."""
+        ids = self.tag("job_ids") or self.tag("job_id")
+        return ids.split(",") if ids else []
+
 
 def experiment_id(client: MlflowClient, target: MlflowTarget) -> str:
     """The experiment's id, creating it (with the explicit artifact root, locally) if needed."""
@@ -115,8 +126,9 @@ def experiment_id(client: MlflowClient, target: MlflowTarget) -> str:
 
 
 def run_state(client: MlflowClient, experiment: str, job: JobResult) -> RunState:
-    """The job's run and its progress tags."""
-    runs = client.search_runs([experiment], filter_string=f"tags.`{TAG}run_uid` = '{job.uid}'", max_results=2)
+    """The run of the job's training and its progress tags."""
+    uid = job.lineage_uid
+    runs = client.search_runs([experiment], filter_string=f"tags.`{TAG}run_uid` = '{uid}'", max_results=2)
     if not runs:
         return RunState()
     state = RunState(run=runs[0])
@@ -130,42 +142,71 @@ def run_state(client: MlflowClient, experiment: str, job: JobResult) -> RunState
     return state
 
 
+def continued_by(job: JobResult, state: RunState) -> str | None:
+    """The later job the training was exported from, if this job was resumed and that continuation exported."""
+    ids = state.job_ids
+    return ids[-1] if job.job_key in ids[:-1] else None
+
+
 def check_continuity(job: JobResult, state: RunState) -> None:
     """Refuse a run record that does not extend what was exported before.
 
     A record that verifies on its own can still have been rewritten from scratch; comparing it
-    with the head hash an earlier export stored catches that, and a truncated record.
+    with the head hash an earlier export stored catches that, and a truncated record. A training's
+    trail is its jobs' records in order. A job whose training was since exported from a
+    continuation must end exactly where the continuation's copy of it ended.
 
     Raises:
         TamperedTrailError: naming the events file.
     """
     if state.run is None or state.audit_seq == 0:
         return
-    events_file = job.record_dir / "events.jsonl"
-    if len(job.events) < state.audit_seq:
+    later = continued_by(job, state)
+    if later is not None:
+        exported = json.loads(state.tag("lineage_heads") or "{}").get(job.job_key)
+        if job.head_hash != exported:
+            raise TamperedTrailError(
+                f"refusing to export: {job.records[-1][0]} ends with event {job.head_hash}, but job {later}, which "
+                f"resumed job {job.job_key}, carried its record ending with event {exported} to MLflow run "
+                f"{state.run_id}; this copy is older than, or differs from, the record that was exported"
+            )
+        return
+    trail = job.trail
+    if len(trail) < state.audit_seq:
+        files = " + ".join(source for source, _ in job.records)
         raise TamperedTrailError(
-            f"refusing to export: {events_file} has {len(job.events)} events, but {state.audit_seq} were already "
-            f"exported to MLflow run {state.run_id}; the run record was truncated or replaced"
+            f"refusing to export: {files} {'has' if len(job.records) == 1 else 'have'} {len(trail)} events, but "
+            f"{state.audit_seq} were already exported to MLflow run {state.run_id}; the run record was truncated or "
+            "replaced"
         )
-    if job.events[state.audit_seq - 1]["hash"] != state.audit_head:
+    if trail[state.audit_seq - 1]["hash"] != state.audit_head:
+        source, index = _locate(job, state.audit_seq - 1)
         raise TamperedTrailError(
-            f"refusing to export: {events_file} event {state.audit_seq - 1} does not match the audit head "
+            f"refusing to export: {source} event {index} does not match the audit head "
             f"{state.audit_head} exported to MLflow run {state.run_id}; the run record was rewritten"
         )
 
 
+def _locate(job: JobResult, position: int) -> tuple[str, int]:
+    """Which run record holds the training trail's event ``position``, and its index there."""
+    for source, events in job.records[:-1]:
+        if position < len(events):
+            return source, position
+        position -= len(events)
+    return job.records[-1][0], position
+
+
 def create_run(client: MlflowClient, experiment: str, job: JobResult) -> str:
-    """Start the job's run, dated from its first event."""
+    """Start the run of the job's training, named for its first job and dated from its first event."""
+    first = job.trail[0]
     tags = {
-        TAG + "run_uid": job.uid,
-        TAG + "job_id": job.job_key,
-        TAG + "flare_job_id": job.job_id,
+        TAG + "run_uid": job.lineage_uid,
+        TAG + "job_id": job.lineage_root,
+        TAG + "flare_job_id": str(first.get("job_id") or job.job_id),
         TAG + "job_name": job.job_name,
         TAG + "source": "fitfed export",
     }
-    run = client.create_run(
-        experiment, start_time=int(float(job.events[0]["time"]) * 1000), tags=tags, run_name=job.job_name
-    )
+    run = client.create_run(experiment, start_time=int(float(first["time"]) * 1000), tags=tags, run_name=job.job_name)
     return run.info.run_id
 
 
@@ -229,6 +270,7 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
 
 
 def finish_run(client: MlflowClient, run_id: str, job: JobResult) -> None:
-    """Mark the run finished at the time the job's run record finished."""
+    """Mark the run finished (failed: a resume the server refused) at the time the job's run record finished."""
     end = next(e for e in reversed(job.events) if e.get("event") == "run_finished")
-    client.set_terminated(run_id, "FINISHED", end_time=int(float(end["time"]) * 1000))
+    status = "FAILED" if job.resume_refusal else "FINISHED"
+    client.set_terminated(run_id, status, end_time=int(float(end["time"]) * 1000))

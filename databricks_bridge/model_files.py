@@ -93,7 +93,13 @@ def is_encrypted(job: JobResult, sidecar: dict[str, Any] | None) -> bool:
 
 
 def choose_model(job: JobResult) -> ModelChoice:
-    """The final model to register: the server's, or for an HE job the one a key-holding club decrypted."""
+    """The final model to register: the server's, or for an HE job the one a key-holding club decrypted.
+
+    A job whose server refused to resume the job it was to continue trained nothing; what its
+    persistor holds is no model of the training, so nothing is registered.
+    """
+    if job.resume_refusal:
+        return ModelChoice(None, f"the job trained nothing, its resume was refused: {job.resume_refusal}")
     weights, sidecar_path = job.model_paths()
     sidecar = read_json(sidecar_path) if sidecar_path.is_file() else None
     if not is_encrypted(job, sidecar):

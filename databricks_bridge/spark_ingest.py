@@ -4,8 +4,10 @@
 its raw files): fitfed's ``events.jsonl`` and FLARE's ``audit.log`` files, found at any depth.
 Each job's files are parsed together on an executor, with the same code as ``fitfed export``:
 the hash chain of every run record is verified, and any altered record or malformed audit line
-stops the ingest before anything is written, naming the file. Rows go in with ``MERGE`` on
-``event_id`` (Delta), so re-ingesting a folder adds only what is new.
+stops the ingest before anything is written, naming the file. A job resumed after a server
+crash adds the rows of the jobs whose run records it carries (``fitfed/lineage/``), checked as
+``fitfed export`` checks them. Rows go in with ``MERGE`` on ``event_id`` (Delta), so re-ingesting
+a folder adds only what is new.
 
 On a Databricks cluster (fitfed installed as a cluster library)::
 
@@ -30,6 +32,7 @@ from databricks_bridge import sql
 from databricks_bridge.audit_rows import COLUMNS, DDL, fitfed_rows, is_audit_file, job_key, parse_flare_audit, site_of
 from databricks_bridge.audit_rows import unique_rows as _unique
 from databricks_bridge.errors import BridgeError, TamperedTrailError
+from databricks_bridge.lineage import LINEAGE_DIR, lineage_rows, link_lineage
 from fitfed.audit import ChainError, verify_chain
 
 EVENTS_FILE = "events.jsonl"
@@ -49,6 +52,8 @@ def rows_for_job(job: str, files: Iterable[tuple[str, bytes]], timezone: str | N
         except UnicodeDecodeError:
             raise BridgeError(f"{job}/{relative}: not UTF-8 text; not an audit file") from None
     records = sorted(r for r in texts if PurePosixPath(r).name == EVENTS_FILE)
+    copies = [r for r in records if PurePosixPath(r).parent.parent.name == LINEAGE_DIR]
+    records = [r for r in records if r not in copies]
     if len(records) > 1:
         raise BridgeError(f"{job}: holds {len(records)} run records ({records}); one job per folder")
     rows: list[dict[str, Any]] = []
@@ -56,6 +61,9 @@ def rows_for_job(job: str, files: Iterable[tuple[str, bytes]], timezone: str | N
     if records:
         events = _verified(texts[records[0]], f"{job}/{records[0]}")
         key = job_key(events, job)
+        carried = {PurePosixPath(r).parent.name: (f"{job}/{r}", _verified(texts[r], f"{job}/{r}")) for r in copies}
+        folder = f"{job}/{PurePosixPath(records[0]).parent / LINEAGE_DIR}"
+        rows += lineage_rows(link_lineage(key, events, carried, folder))
         rows += fitfed_rows(events, job_id=key)
     zone = ZoneInfo(timezone) if timezone else None
     for relative in sorted(r for r in texts if is_audit_file(PurePosixPath(r))):

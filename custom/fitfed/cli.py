@@ -22,6 +22,8 @@ examples:
   fitfed report workspace/fedavg_churn          show a finished run's per-round table
   fitfed export workspace/fedavg_churn          export a job to MLflow and the audit table (local lakehouse)
   fitfed he decrypt DOWNLOAD --kit club_01      decrypt an HE job's final model with a club's key
+  fitfed resume JOB_ID --kit ~/lead@fed.example --job jobs/fedavg_churn
+                                                continue a job whose server crashed, from its last round
   fitfed bench heart_disease                    run a benchmark; results in benchmarks/results/ (`fitfed bench`
                                                 lists them)
 """
@@ -196,6 +198,29 @@ def _add_federation_commands(commands: argparse._SubParsersAction) -> None:
     decrypt.add_argument("result", type=Path, help="the job result (`nvflare job download` folder) or its fitfed/")
     decrypt.add_argument("--kit", type=Path, required=True, help="the club's startup kit (holds startup/)")
     decrypt.set_defaults(handler=_he_decrypt)
+    resume = commands.add_parser(
+        "resume",
+        help="continue a job whose server crashed, from its last completed round (ML lead, admin API)",
+        description="After a server crash and restart, submits a continuation of JOB_ID through FLARE's admin API: "
+        "the job's own definition, which starts from the last round the server completed, with the same "
+        "configuration and clubs, and is linked to JOB_ID in its meta and audit trail. It then waits for the "
+        "continuation to finish and says how it went; a continuation that cannot resume (checkpoint missing or "
+        "corrupt, configuration changed) stops at once and the reason is printed. See docs/server-crash.md.",
+        epilog="exit status: 0 completed, 1 refused before submitting, 2 the server refused to resume, 3 the "
+        "continuation failed later. Ctrl-C stops waiting; the continuation goes on.",
+    )
+    resume.add_argument("job_id", metavar="JOB_ID", help="the crashed job (`nvflare job list` shows its ID)")
+    resume.add_argument(
+        "--kit", type=Path, required=True, help="your admin startup kit (the folder holding startup/fed_admin.json)"
+    )
+    resume.add_argument(
+        "--job",
+        type=Path,
+        help="the job folder that was submitted (e.g. jobs/fedavg_churn); needed while FLARE lists the crashed job "
+        "as RUNNING, which it does after a server restart. Otherwise the definition is downloaded from the server",
+    )
+    resume.add_argument("--no-wait", action="store_true", help="submit the continuation and return")
+    resume.set_defaults(handler=_resume)
 
 
 def _he_decrypt(args: argparse.Namespace) -> int:
@@ -214,6 +239,39 @@ def _he_decrypt(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(f"decrypted {ciphertext} with {args.kit.name}'s key: wrote {written.weights} and {written.sidecar.name}")
     return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    import json
+
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    from fitfed.continuation import ResumeRefused, resume
+
+    admin = args.kit / "startup" / "fed_admin.json"
+    if not admin.is_file():
+        raise UserError(f"{admin}: not found; --kit takes your admin startup kit (the folder holding startup/)")
+    user = json.loads(admin.read_text())["admin"]["username"]
+    try:
+        session = new_secure_session(user, str(args.kit), timeout=30)
+    except Exception as e:  # noqa: BLE001 - FLARE raises several types when it cannot log in
+        raise UserError(f"cannot reach the federation's server with the kit {args.kit}: {e}") from None
+    try:
+        outcome = resume(session, args.job_id, definition=args.job, wait=not args.no_wait)
+    except ResumeRefused as e:
+        raise UserError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - FLARE's admin API errors (server gone, command refused) are plain Exceptions
+        raise UserError(f"FLARE's admin API failed: {type(e).__name__}: {e}") from None
+    finally:
+        session.close()
+    if args.no_wait:
+        return 0
+    if outcome.refusal:
+        print(f"fitfed: the server refused to resume: {outcome.refusal}", file=sys.stderr)
+        return 2
+    rounds = f"rounds {outcome.rounds[0]}..{outcome.rounds[-1]}" if outcome.rounds else "no round"
+    print(f"job {outcome.job_id}: {outcome.status}; resumed at round {outcome.resumed_at}, completed {rounds}")
+    return 0 if outcome.status == "FINISHED:COMPLETED" else 3
 
 
 def _provision_init(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from fitfed.secagg.config import SecureAggregation, check_secure_aggregation
 from fitfed.secagg.controller import MaskedFedAvg
 from fitfed.server.final_eval import FinalModelEval
 from fitfed.server.optimizers import Yogi
+from fitfed.server.resume import CHECKPOINTER_ID, RoundCheckpointer
 from fitfed.server.run_record import RunRecorder
 from fitfed.task import make_model
 
@@ -193,10 +194,11 @@ def _update_args(settings: JobSettings) -> dict[str, Any]:
 
 
 def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
-    """Ship the training config, record the run, and evaluate the final global model at every site.
+    """Ship the training config, record the run, checkpoint every round, and evaluate the final global model.
 
-    An HE job instead checks each club's HE context before training, and has no final evaluation:
-    the server's final model is ciphertext, which a key-holding club decrypts (``fitfed he decrypt``).
+    An HE job instead checks each club's HE context before training, and has neither checkpoints (see
+    :mod:`fitfed.server.resume`) nor a final evaluation: the server's final model is ciphertext, which a
+    key-holding club decrypts (``fitfed he decrypt``).
     """
     config_file = Path(tempfile.mkdtemp(prefix="fitfed-job-")) / TRAIN_CONFIG_FILE
     config_file.write_text(settings.train.model_dump_json(indent=2) + "\n")
@@ -211,9 +213,10 @@ def add_fitfed_parts(recipe: Recipe, settings: JobSettings) -> Recipe:
         with _scripts_resolvable():  # named by class path only, so FLARE would not ship it with the job
             job.to_server(_SERVER_OPTIMIZERS)
     job.to_server(RunRecorder(min_updates=settings.updates_needed), id="fitfed_recorder")
-    if settings.he:
+    if settings.he:  # the server holds only ciphertext, which FLARE's HE persistor cannot be started from
         job.to_clients(HEContextCheck(), id="fitfed_he_check")
         return recipe
+    job.to_server(RoundCheckpointer(), id=CHECKPOINTER_ID)  # after the recorder: its trail is open when it resumes
     locator_id = job.comp_ids.get("locator_id") or job.to_server(
         PTFileModelLocator(pt_persistor_id="persistor"), id="locator"
     )

@@ -6,6 +6,7 @@ job processes a client spawns go too), on success or failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
@@ -152,6 +154,17 @@ class Federation:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+    def crash(self, name: str) -> None:
+        """SIGKILL a participant and every process it started (FLARE runs each job in a process of its own)."""
+        process = self.processes.pop(name)
+        tree = [process.pid]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree += [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
     def stop_all(self) -> None:
         for name in list(self.processes):

@@ -59,25 +59,31 @@ def _wait_for_round(federation: Federation, job_id: str, round_number: int, time
     raise TimeoutError(f"round {round_number} of job {job_id} did not complete in {timeout}s")
 
 
-def test_club_killed_mid_job_is_dropped_and_the_job_finishes(federation: Federation, tmp_path: Path):
-    # Execute: kill club_03 (its whole process group) once round 0 is done, as a crashed machine would
+def test_club_killed_and_restarted_mid_job_is_reported_and_the_job_finishes(federation: Federation, tmp_path: Path):
+    # Execute: kill club_03 (its whole process group) once round 0 is done, as a crashed machine would; restart it
+    # while the job still runs
+    rounds = 16
     with federation.session("lead@fed.example") as session:
-        job_id = session.submit_job(str(_job(tmp_path, rounds=4)))
+        job_id = session.submit_job(str(_job(tmp_path, rounds=rounds)))
         _wait_for_round(federation, job_id, 0)
         federation.kill("club_03")
+        _restart(federation, ["club_03"])
+        assert session.get_job_meta(job_id)["status"] == "RUNNING"  # restarted mid-job
         meta = session.wait_for_job(job_id, timeout=240, poll_interval=1.0)
         result = Path(session.download_job_result(job_id, str(tmp_path / "download")))
-    _restart(federation, ["club_03"])  # back for the next test
 
-    # Assert: every round completed; after the kill only the two live clubs contributed; the trail says who dropped
+    # Assert: every round completed; after the kill only the two live clubs contributed, the restarted club too
+    # (FLARE cannot bring it back into a running job); the trail says who dropped and that it cannot rejoin
     assert meta["status"] == "FINISHED:COMPLETED"
     events = verify_chain(find_record_dir(result) / "events.jsonl")
     completed = [e for e in events if e["event"] == "round_completed"]
-    assert [e["round"] for e in completed] == [0, 1, 2, 3]
+    assert [e["round"] for e in completed] == list(range(rounds))
     assert completed[0]["sites"] == ["club_01", "club_02", "club_03"]
-    assert all(e["sites"] == ["club_01", "club_02"] for e in completed[2:])
+    assert all(e["sites"] == ["club_01", "club_02"] for e in completed[-3:])
     dropped = [e for e in events if e["event"] == "site_dropped"]
     assert [e["site"] for e in dropped] == ["club_03"]
+    assert "cannot rejoin this job even if it restarts" in dropped[0]["reason"]
+    assert "club_03" in federation.connected_clubs()  # back for the next job
 
 
 def test_below_min_clients_the_job_ends_clearly(federation: Federation, tmp_path: Path):

@@ -43,6 +43,8 @@ class MaskedFedAvg(ModelController):
         persistor_id: the FLARE persistor holding the global model.
         ignore_result_error: FLARE's setting; a failed club is left out of its round.
         task_check_period: how often FLARE checks for answered tasks (see :mod:`fitfed.round_timing`).
+        start_round: the first round to run (a job resumed after round k - 1 starts at k; see
+            :mod:`fitfed.server.resume`); ``num_rounds`` rounds are run from it.
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class MaskedFedAvg(ModelController):
         persistor_id: str = AppConstants.DEFAULT_PERSISTOR_ID,
         ignore_result_error: bool | None = True,
         task_check_period: float = 0.5,
+        start_round: int = 0,
     ):
         super().__init__(
             persistor_id=persistor_id, ignore_result_error=ignore_result_error, task_check_period=task_check_period
         )
         self.num_rounds = num_rounds
+        self.start_round = start_round
         self.threshold = threshold
         self.step_timeout = step_timeout
         self._step_clock = time.monotonic()
@@ -67,8 +71,8 @@ class MaskedFedAvg(ModelController):
         startup = Path(self.engine.get_workspace().get_startup_kit_dir())
         ca = load_ca(startup / ROOT_CA)
         model = self.load_model()
-        model.start_round, model.total_rounds = 0, self.num_rounds
-        for round_ in range(self.num_rounds):
+        model.start_round, model.total_rounds = self.start_round, self.start_round + self.num_rounds
+        for round_ in range(self.start_round, self.start_round + self.num_rounds):
             self.current_round = model.current_round = round_
             self.fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=True, sticky=False)
             self.event(AppEventType.ROUND_STARTED)
@@ -107,8 +111,8 @@ class MaskedFedAvg(ModelController):
         server = ServerRound(context, ca, length)
         try:
             # (1) keys, signed with each club's FLARE identity
-            # Round 0's first message may reach a club whose job is still starting: keep asking a while.
-            patience = max(self.step_timeout, _JOB_START_SECONDS) if round_ == 0 else 0.0
+            # The job's first message may reach a club whose job is still starting: keep asking a while.
+            patience = max(self.step_timeout, _JOB_START_SECONDS) if round_ == self.start_round else 0.0
             answers = self._exchange(
                 ADVERTISE, {c: {"context": context.model_dump()} for c in clubs}, patience=patience
             )

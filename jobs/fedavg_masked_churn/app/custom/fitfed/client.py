@@ -20,7 +20,9 @@ from nvflare.app_opt.pt.scaffold import PTScaffoldHelper
 from torch import nn
 
 from fitfed.audit import ChainError
+from fitfed.club_state import ClubStateMissing, load_scaffold_controls, save_scaffold_controls
 from fitfed.config import TRAIN_CONFIG_FILE, TrainConfig, site_data_path
+from fitfed.lineage import load_resume_plan
 from fitfed.preprocessing import SiteSplit
 from fitfed.privacy.ledger import PrivacyBudgetExceeded
 from fitfed.privacy.update_dp import GaussianUpdateDP  # noqa: F401  (see below)
@@ -52,7 +54,7 @@ def state_dict_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def load_scaffold_controls(helper: PTScaffoldHelper, received: FLModel) -> None:
+def load_server_controls(helper: PTScaffoldHelper, received: FLModel) -> None:
     """Install the server's SCAFFOLD control variate sent in the model's meta."""
     controls = (received.meta or {}).get(AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL)
     if not controls:
@@ -60,8 +62,11 @@ def load_scaffold_controls(helper: PTScaffoldHelper, received: FLModel) -> None:
     helper.load_global_controls(weights={k: torch.as_tensor(v) for k, v in controls.items()})
 
 
-def start_dp(config: TrainConfig, data: SiteSplit, site: str) -> DPTrainer | None:
-    """DP-SGD for this site's whole part in the job, when the job asks for it.
+def start_dp(config: TrainConfig, data: SiteSplit, site: str, lineage_root: str) -> DPTrainer | None:
+    """DP-SGD for this site's whole part in the training, when the job asks for it.
+
+    The ledger charges the training's lineage root (see :mod:`fitfed.lineage`), so a job resumed
+    after a crash continues the crashed job's accounting instead of starting a second one.
 
     The club's ledger is in its kit's ``local/`` folder. FLARE runs this script in the client's job
     process, whose working directory is the kit (the simulator: the site's workspace), as for
@@ -83,23 +88,61 @@ def start_dp(config: TrainConfig, data: SiteSplit, site: str) -> DPTrainer | Non
             "in local/ when there is one) but not limited; set privacy_budget to cap it",
             site,
         )
-    return DPTrainer(config, len(data.y_train), ledger=ledger, job_id=flare.get_job_id())
+    job_id = flare.get_job_id()
+    run_job_id = job_id if job_id != lineage_root else None
+    return DPTrainer(config, len(data.y_train), ledger=ledger, job_id=lineage_root, run_job_id=run_job_id)
+
+
+class ScaffoldClub:
+    """SCAFFOLD's client side, with its control variate kept in the kit across a job and its continuations.
+
+    Args:
+        model: the club's model.
+        lineage_root: the training the job belongs to (see :mod:`fitfed.lineage`).
+        resumed: the job continues another, so the variate must be loaded, never started at zero.
+        site: this club, for messages.
+    """
+
+    def __init__(self, model: nn.Module, lineage_root: str, resumed: bool, site: str):
+        self.helper = PTScaffoldHelper()
+        self.helper.init(model)
+        self.lineage_root = lineage_root
+        self.site = site
+        self._pending_load = resumed
+
+    def before_training(self, round_number: int) -> None:
+        """In a continuation's first round, take up the variate the club had when the server's last round ended."""
+        if self._pending_load:
+            controls = load_scaffold_controls(Path.cwd(), self.lineage_root, round_number, self.site)
+            self.helper.c_local.load_state_dict(controls)
+            self._pending_load = False
+
+    def after_training(self, round_number: int) -> None:
+        """Keep the variate this round left, for a continuation should the server crash before the next."""
+        save_scaffold_controls(Path.cwd(), self.lineage_root, round_number, self.helper.c_local.state_dict())
 
 
 def train_round(model: nn.Module, data: SiteSplit, config: TrainConfig, received: FLModel,
-                scaffold: PTScaffoldHelper | None, dp: DPTrainer | None = None) -> FLModel:  # fmt: skip
+                scaffold: ScaffoldClub | None, dp: DPTrainer | None = None) -> FLModel:  # fmt: skip
     """Train on the received model and package the result FLARE's aggregator expects."""
     fedprox_mu = get_fedprox_mu(received) if config.algorithm == "fedprox" else None
+    round_number = received.current_round or 0
     if scaffold is not None:
-        load_scaffold_controls(scaffold, received)
+        try:
+            scaffold.before_training(round_number)
+        except ClubStateMissing as e:  # fails this site's task: it must not train from a zero variate
+            logger.error("%s", e)
+            raise
+        load_server_controls(scaffold.helper, received)
     if dp is not None:
         try:  # before training: a refused round trains nothing
-            dp.charge_round(received.current_round or 0)
+            dp.charge_round(round_number)
         except PrivacyBudgetExceeded as e:  # fails this site's task, as bad data does; nothing is sent
             logger.error("this site stops training: %s", e)
             raise
-    round_seed = config.seed * 100_003 + (received.current_round or 0)
-    result = train(model, data, config, round_seed=round_seed, fedprox_mu=fedprox_mu, scaffold=scaffold, dp=dp)
+    round_seed = config.seed * 100_003 + round_number
+    helper = scaffold.helper if scaffold is not None else None
+    result = train(model, data, config, round_seed=round_seed, fedprox_mu=fedprox_mu, scaffold=helper, dp=dp)
     # FLARE's aggregators weigh each update by this key; "rows" makes that the site's training rows.
     weight = result.steps if config.weight_by == "steps" else len(data.y_train)
     meta: dict[str, object] = {"NUM_STEPS_CURRENT_ROUND": weight, "train_loss": result.loss}
@@ -107,8 +150,9 @@ def train_round(model: nn.Module, data: SiteSplit, config: TrainConfig, received
         # As tensors: the helper returns numpy arrays, which end up in the server's checkpoint meta
         # and make it unloadable with torch.load(weights_only=True).
         meta[AlgorithmConstants.SCAFFOLD_CTRL_DIFF] = {
-            k: torch.as_tensor(v) for k, v in scaffold.get_delta_controls().items()
+            k: torch.as_tensor(v) for k, v in scaffold.helper.get_delta_controls().items()
         }
+        scaffold.after_training(round_number)
     return FLModel(params=state_dict_of(model), params_type=ParamsType.FULL, meta=meta)
 
 
@@ -116,10 +160,13 @@ def main() -> None:
     """Run the Client API loop until FLARE stops this site."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=TRAIN_CONFIG_FILE, help="the job's TrainConfig JSON")
-    config = TrainConfig.model_validate_json(find_train_config(parser.parse_args().config).read_text())
+    config_path = find_train_config(parser.parse_args().config)
+    config = TrainConfig.model_validate_json(config_path.read_text())
 
     flare.init()  # (1) join the job
     site = flare.get_site_name()
+    plan = load_resume_plan(config_path.parent)  # a continuation of a crashed job (fitfed resume)
+    root = flare.get_job_id() if plan is None else plan.lineage_root
     try:  # (2) load and validate this site's data; a bad file fails this site only, with a safe message
         data = load_site_data(site_data_path(site), config.task)
     except (SiteDataError, FileNotFoundError) as e:
@@ -128,10 +175,8 @@ def main() -> None:
         logger.error("site %s cannot take part: %s", site, e)
         raise
     model = make_model(config.model, data.num_features, seed=config.seed)
-    scaffold = PTScaffoldHelper() if config.algorithm == "scaffold" else None
-    if scaffold is not None:
-        scaffold.init(model)
-    dp = start_dp(config, data, site)
+    scaffold = ScaffoldClub(model, root, plan is not None, site) if config.algorithm == "scaffold" else None
+    dp = start_dp(config, data, site, root)
 
     while flare.is_running():
         received = flare.receive()  # (3) the current global model

@@ -79,6 +79,8 @@ class Spend:
         noise_multiplier: the mechanism's noise multiplier.
         sample_rate: 1 for update-level DP; batch_size / rows for DP-SGD.
         steps_job: rounds or steps counted for this job once the round is released.
+        run_job_id: the FLARE job that released the round, when it is not ``job_id``: a job resumed after a
+            crash (``fitfed resume``) charges its training's first job, so its rounds continue that job's count.
     """
 
     job_id: str
@@ -89,6 +91,7 @@ class Spend:
     noise_multiplier: float
     sample_rate: float
     steps_job: int
+    run_job_id: str | None = None
 
 
 class PrivacyLedger:

@@ -42,7 +42,8 @@ class DPTrainer:
         rows: the site's training rows.
         ledger: the club's privacy ledger: charged before every round, and the accountant continues
             from the steps it already holds for ``job_id`` (a restarted site does not count from zero).
-        job_id: the FLARE job, as the ledger records it.
+        job_id: the training, as the ledger records it: the FLARE job, or the first job of a resumed training.
+        run_job_id: the FLARE job running now, when it is not ``job_id`` (a continuation; see :mod:`fitfed.lineage`).
         seed: seeds batch sampling and noise, for tests only; None (production) seeds from the OS.
 
     Raises:
@@ -61,6 +62,7 @@ class DPTrainer:
         *,
         ledger: PrivacyLedger | None = None,
         job_id: str = "",
+        run_job_id: str | None = None,
         seed: int | None = None,
     ):
         if config.dp is None:
@@ -73,6 +75,7 @@ class DPTrainer:
         self.sample_rate = min(1.0, config.batch_size / rows)
         self.ledger = ledger
         self.job_id = job_id
+        self.run_job_id = run_job_id
         taken = ledger.job_state(job_id, MECHANISM).steps if ledger is not None else 0
         self.accountant = make_accountant(self.dp.accountant, [(self.dp.noise_multiplier, self.sample_rate, taken)])
         self._charged_steps = taken
@@ -120,6 +123,7 @@ class DPTrainer:
                 noise_multiplier=self.dp.noise_multiplier,
                 sample_rate=self.sample_rate,
                 steps_job=charged,
+                run_job_id=self.run_job_id,
             )
             self.ledger.charge(spend)
         self._charged_steps = charged

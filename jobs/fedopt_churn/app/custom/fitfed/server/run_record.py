@@ -130,6 +130,8 @@ class RunRecorder(FLComponent):
     def _component_record(self, fl_ctx: FLContext) -> None:
         record = fl_ctx.get_prop(AUDIT_RECORD)
         if isinstance(record, dict) and isinstance(record.get("event"), str):
+            if record["event"] == "run_resumed":  # a continuation's models count the rounds before it too
+                self._rounds_completed = int(record["rounds_completed"])
             self._append(record)
 
     def _check_enough_sites(self, fl_ctx: FLContext) -> None:
@@ -144,7 +146,11 @@ class RunRecorder(FLComponent):
 
     def _site_dropped(self, fl_ctx: FLContext) -> None:
         site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
-        reason = "FLARE deemed the site disconnected (no heartbeat); rounds go on without it while min_updates holds"
+        reason = (
+            "FLARE deemed the site disconnected (no heartbeat); rounds go on without it while min_updates holds. "
+            "It cannot rejoin this job even if it restarts (FLARE starts a site's part in a job only when the job "
+            "is deployed): it takes part again in the next job, or in a `fitfed resume` continuation"
+        )
         self._append({"event": "site_dropped", "round": self._round, "site": site, "reason": reason})
         self.log_warning(fl_ctx, f"site {site} dropped out in round {self._round}")
 

@@ -31,6 +31,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from fitfed.config import load_site_config, site_config_path
+from fitfed.lineage import lineage_root
 from fitfed.privacy.accounting import ACCOUNTANTS, epsilon_spent
 from fitfed.privacy.ledger import PrivacyLedger, Spend, ledger_path
 
@@ -130,7 +131,10 @@ class GaussianUpdateDP(DXOFilter):
                 "No update is released without one."
             )
         ledger = PrivacyLedger(ledger_path(root), budget, site)
-        job_id = fl_ctx.get_job_id()
+        run_job_id = fl_ctx.get_job_id()
+        # A job resumed after a crash charges its training's first job (see fitfed.lineage): its rounds continue
+        # that job's count, so the crashed job's rounds are not composed a second time.
+        job_id = lineage_root(run_job_id, Path(fl_ctx.get_engine().get_workspace().get_app_config_dir(run_job_id)))
         rounds = ledger.job_state(job_id, MECHANISM).steps + 1
         epsilon = epsilon_spent(self.noise_multiplier, 1.0, rounds, budget.delta, self.accountant)
         # Task data carries the round; a result carries it only if the client set it (fitfed's does not).
@@ -144,6 +148,7 @@ class GaussianUpdateDP(DXOFilter):
             noise_multiplier=self.noise_multiplier,
             sample_rate=1.0,
             steps_job=rounds,
+            run_job_id=run_job_id if run_job_id != job_id else None,
         )
         return ledger, spend
 
