@@ -65,7 +65,7 @@ def test_spending_sums_the_latest_epsilon_of_each_job_and_mechanism(kit: Path):
     assert [r["event"] for r in records] == ["round_spent"] * 4
     assert set(records[0]) == {
         "event", "job_id", "mechanism", "round", "epsilon_job", "delta", "noise_multiplier", "sample_rate",
-        "steps_job", "time", "seq", "prev_hash", "hash",
+        "steps_job", "run_job_id", "time", "seq", "prev_hash", "hash",
     }  # fmt: skip
 
 
@@ -190,9 +190,10 @@ def test_ledger_lines_hold_no_member_data(kit: Path):
     ledger = PrivacyLedger(ledger_path(kit), BUDGET, "club_01")
     ledger.charge(_spend("job-a", 0, 1.0))
 
-    # Assert: accounting parameters only
+    # Assert: accounting parameters only (run_job_id is null outside a resumed job)
     record = json.loads(ledger_path(kit).read_text().splitlines()[0])
-    assert all(isinstance(v, str | int | float) for v in record.values())
+    assert all(isinstance(v, str | int | float) for k, v in record.items() if k != "run_job_id")
+    assert record["run_job_id"] is None
 
 
 def test_open_ledger_reads_the_budget_from_the_site_config(tmp_path: Path):

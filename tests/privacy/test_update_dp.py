@@ -18,6 +18,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from opacus.accountants import RDPAccountant
 
 from fitfed.audit import verify_chain
+from fitfed.lineage import RESUME_FILE, ResumePlan
 from fitfed.privacy.ledger import PrivacyBudgetExceeded, ledger_path
 from fitfed.privacy.update_dp import DP_META_KEY, GaussianUpdateDP, privatize
 
@@ -32,6 +33,9 @@ class _Workspace:
 
     def get_root_dir(self) -> str:
         return str(self.root)
+
+    def get_app_config_dir(self, job_id: str) -> str:
+        return str(self.root / job_id / "app" / "config")
 
 
 class _Engine:
@@ -53,10 +57,10 @@ def _kit(tmp_path: Path, epsilon: float | None = 100.0) -> Path:
     return tmp_path
 
 
-def _context(kit: Path) -> FLContext:
+def _context(kit: Path, job: str = JOB) -> FLContext:
     fl_ctx = FLContext()
     fl_ctx.set_prop(ReservedKey.ENGINE, _Engine(kit), private=True, sticky=False)
-    fl_ctx.set_prop(ReservedKey.RUN_NUM, JOB, private=False, sticky=False)
+    fl_ctx.set_prop(ReservedKey.RUN_NUM, job, private=False, sticky=False)
     fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, SITE, private=False, sticky=False)
     return fl_ctx
 
@@ -163,6 +167,29 @@ def test_epsilon_of_k_rounds_is_reported_and_matches_an_independent_recomputatio
         }
     assert _events(kit) == ["round_spent"] * 3
     assert FLModelUtils.from_shareable(results[-1].to_shareable()).metrics["privacy_epsilon"] > 0
+
+
+def test_a_resumed_job_continues_its_training_s_count_and_says_which_job_released_the_round(tmp_path: Path):
+    # Prepare: job-1 released two rounds, then its server crashed; job-2 continues it (fitfed resume)
+    kit = _kit(tmp_path)
+    dp = GaussianUpdateDP(clip_norm=1.0, noise_multiplier=2.0)
+    for _ in range(2):
+        _send(dp, _update({"w": np.ones(3)}), kit)
+    config = kit / "job-2" / "app" / "config"
+    config.mkdir(parents=True)
+    (config / RESUME_FILE).write_text(ResumePlan(resumed_from=JOB, lineage_root=JOB).model_dump_json())
+
+    # Execute: the continuation releases its first round
+    result, fl_ctx = _update({"w": np.ones(3)}), _context(kit, job="job-2")
+    apply_filters("task_result_filters", result, fl_ctx, {"train/out": [dp]}, "train", FilterKey.OUT)
+
+    # Assert: charged as job-1's third round (not a second job's first), released by job-2
+    last = verify_chain(ledger_path(kit))[-1]
+    assert (last["job_id"], last["run_job_id"], last["steps_job"]) == (JOB, "job-2", 3)
+    reference = RDPAccountant()
+    for _ in range(3):
+        reference.step(noise_multiplier=2.0, sample_rate=1.0)
+    assert last["epsilon_job"] == pytest.approx(reference.get_epsilon(DELTA), rel=1e-12)
 
 
 def test_full_weights_are_refused(tmp_path: Path):
