@@ -21,6 +21,7 @@ from nvflare.fuel.flare_api.flare_api import Session
 
 from fitfed.audit import verify_chain
 from fitfed.lineage import RESUME_FILE, ResumePlan, load_resume_plan
+from fitfed.report import find_record_dir
 from fitfed.server.resume import CHECKPOINTER_ID
 from fitfed.server.run_record import EVENTS_FILE
 
@@ -189,8 +190,10 @@ def _follow(session: Session, job_id: str, poll_interval: float, say: Callable[[
 
 
 def _events(result: Path) -> list[dict[str, Any]]:
-    found = sorted(result.rglob(f"fitfed/{EVENTS_FILE}"), key=lambda p: len(p.parts))
-    return verify_chain(found[0]) if found else []
+    try:
+        return verify_chain(find_record_dir(result) / EVENTS_FILE)
+    except FileNotFoundError:  # the job ended before its server wrote a record
+        return []
 
 
 def _outcome(job_id: str, plan: ResumePlan, status: str, events: list[dict[str, Any]]) -> Outcome:

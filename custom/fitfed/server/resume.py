@@ -30,6 +30,7 @@ from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from fitfed.audit import ChainError, last_hash, verify_chain
 from fitfed.config import TRAIN_CONFIG_FILE
 from fitfed.lineage import ResumePlan, load_resume_plan
+from fitfed.privacy.he import encrypted_layers
 from fitfed.server.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -38,7 +39,14 @@ from fitfed.server.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from fitfed.server.run_record import AUDIT_EVENT, AUDIT_RECORD, EVENTS_FILE, RECORD_DIR, ROUNDS_DIR
+from fitfed.server.run_record import (
+    AUDIT_EVENT,
+    AUDIT_RECORD,
+    EVENTS_FILE,
+    RECORD_DIR,
+    ROUNDS_DIR,
+    persisted_weights,
+)
 
 CHECKPOINTER_ID = "fitfed_checkpointer"  # its id in a job's server config, which `fitfed resume` looks for
 LINEAGE_DIR = "lineage"  # <RECORD_DIR>/lineage/<job id>/: the run records of the jobs this one continues
@@ -254,12 +262,8 @@ def _weights(checkpoint: str | None) -> dict[str, torch.Tensor]:
     """A FLARE PyTorch checkpoint's weights as tensors; empty if there is none or it is HE ciphertext."""
     if not checkpoint or not Path(checkpoint).is_file():
         return {}
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    weights = saved.get("model", saved)
-    try:
-        return _tensors(weights)
-    except (TypeError, RuntimeError, ValueError):
-        return {}
+    weights = persisted_weights(Path(checkpoint))
+    return {} if encrypted_layers(weights) is not None else _tensors(weights)
 
 
 def _tensors(values: dict[str, Any]) -> dict[str, torch.Tensor]:

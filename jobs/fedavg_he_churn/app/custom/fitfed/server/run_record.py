@@ -246,14 +246,19 @@ def _normalisation(spec: TaskSpec) -> dict[str, str]:
     return {"numeric": numeric, "categorical": f"one-hot over the spec's values{dropped}", "boolean": "0/1"}
 
 
+def persisted_weights(checkpoint: Path) -> dict[str, Any]:
+    """The weights in a FLARE PyTorch persistor's checkpoint: a state dict, or an HE job's ciphertext layers."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return state.get("model", state)
+
+
 def _save_weights(checkpoint: Path, out: Path) -> bool:
     """Copy a FLARE PyTorch checkpoint's weights to ``out``: a plain state dict, or ciphertext for an HE job.
 
     Returns:
         Whether the weights are HE ciphertext (which only a key-holding club can decrypt).
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    weights = state.get("model", state)
+    weights = persisted_weights(checkpoint)
     layers = encrypted_layers(weights)
     if layers is not None:
         save_ciphertext_model(layers, out)
